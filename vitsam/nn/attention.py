@@ -1,0 +1,112 @@
+"""Scaled dot-product attention and the multi-head attention module (self- and cross-attention).
+
+Layout throughout: queries (B, T, H, Dh), keys and values (B, S, H, Dh), the layout of
+`jax.nn.dot_product_attention`; an additive bias or boolean mask broadcasts to (B, H, T, S).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("einsum", "auto", "xla", "cudnn")
+
+
+def dot_product_attention(
+    query: jnp.ndarray,
+    key: jnp.ndarray,
+    value: jnp.ndarray,
+    *,
+    bias: jnp.ndarray | None = None,
+    mask: jnp.ndarray | None = None,
+    implementation: str = "einsum",
+    return_weights: bool = False,
+):
+    """softmax(Q Kᵀ / √Dh + bias) V per head, the softmax taken row-wise over the keys.
+
+    Args:
+      query: (B, T, H, Dh); key, value: (B, S, H, Dh).
+      bias: optional additive term, broadcastable to (B, H, T, S).
+      mask: optional boolean, broadcastable to (B, H, T, S); True means "may attend".
+      implementation: "einsum" (plain XLA einsums, the only one that can return the weights),
+        or a kernel of `jax.nn.dot_product_attention`: "auto" (JAX picks), "xla", "cudnn"
+        (flash attention on NVIDIA GPUs: bf16/fp16 and Dh a multiple of 8, else JAX raises).
+      return_weights: also return the attention maps A, (B, H, T, S) (einsum only).
+
+    Returns:
+      (B, T, H, Dh), or a tuple (output, weights) when `return_weights`.
+    """
+    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
+        raise ValueError(
+            f"attention expects (B, T, H, Dh) arrays, got query {query.shape}, key {key.shape}, value {value.shape}")
+    if key.shape != value.shape or query.shape[-1] != key.shape[-1] or query.shape[-2] != key.shape[-2]:
+        raise ValueError(f"incompatible attention shapes: query {query.shape}, key {key.shape}, value {value.shape}")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
+    if return_weights and implementation != "einsum":
+        raise ValueError("attention weights can only be returned by implementation='einsum'")
+
+    if implementation != "einsum":
+        return jax.nn.dot_product_attention(
+            query, key, value, bias=bias, mask=mask,
+            implementation=None if implementation == "auto" else implementation)
+
+    scale = 1.0 / jnp.sqrt(jnp.asarray(query.shape[-1], jnp.float32))
+    logits = jnp.einsum("bthd,bshd->bhts", query, key, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    out = jnp.einsum("bhts,bshd->bthd", weights, value)
+    return (out, weights) if return_weights else out
+
+
+class MultiHeadAttention(nn.Module):
+    """k-head attention with Q/K/V projections and an output projection back to D.
+
+    Self-attention: `mha(x)`. Cross-attention: `mha(x_q, x_kv)`, queries from one sequence and keys/values
+    from another. Inputs (B, T, D) and (B, S, D_kv); output (B, T, out_features or D).
+
+    Parameters (the layout of Flax's MultiHeadDotProductAttention and of published ViT checkpoints):
+    `query`, `key`, `value` kernels (D, H, Dh) with biases (H, Dh); `out` kernel (H, Dh, D_out), bias (D_out,).
+    `qkv_features` sets H·Dh (SAM's decoder shrinks it to 128 in cross-attention).
+    With `sow_weights`, the maps (B, H, T, S) are sown into the "intermediates" collection as
+    "attention_weights" (forces the einsum kernel).
+    """
+
+    num_heads: int
+    qkv_features: int | None = None
+    out_features: int | None = None
+    use_bias: bool = True
+    implementation: str = "einsum"
+    sow_weights: bool = False
+    kernel_init: Callable = nn.initializers.xavier_uniform()
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray | None = None, *,
+                 bias: jnp.ndarray | None = None, mask: jnp.ndarray | None = None) -> jnp.ndarray:
+        inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+        if inputs_q.ndim != 3 or inputs_kv.ndim != 3:
+            raise ValueError(f"MultiHeadAttention expects (B, T, D) inputs, got {inputs_q.shape} and {inputs_kv.shape}")
+        features = self.qkv_features or inputs_q.shape[-1]
+        if features % self.num_heads:
+            raise ValueError(f"attention dim {features} is not divisible by the number of heads {self.num_heads}")
+        head_dim = features // self.num_heads
+        proj = lambda name: nn.DenseGeneral(  # noqa: E731
+            (self.num_heads, head_dim), use_bias=self.use_bias, kernel_init=self.kernel_init,
+            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        q, k, v = proj("query")(inputs_q), proj("key")(inputs_kv), proj("value")(inputs_kv)
+        impl = "einsum" if self.sow_weights else self.implementation
+        out = dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl, return_weights=self.sow_weights)
+        if self.sow_weights:
+            out, weights = out
+            self.sow("intermediates", "attention_weights", weights)
+        return nn.DenseGeneral(
+            self.out_features or inputs_q.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
+            kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
