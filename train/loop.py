@@ -1,0 +1,285 @@
+"""The training loop shared by the trainers.
+
+config → input iterators → one jitted step over a device mesh (params replicated, batch split, state
+donated) → metrics.jsonl, progress bar, eval, orbax checkpoints with the data position for exact resume.
+
+A trainer describes its job as a `Task`; `run` does the rest.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from train.optim import make_optimizer
+from vitsam import parallel
+from vitsam.checkpoint import Checkpointer
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # () int32
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass
+class Task:
+    """What a trainer plugs into the loop.
+
+    init_params(rng) -> params.
+    loss_fn(params, batch, rng) -> (scalar loss, dict of scalar metrics); `batch` is a dict of global arrays.
+    train_iterator(per_process_batch) -> an endless iterator of numpy batch dicts with get_state()/set_state().
+    eval_iterator(per_process_batch) -> one pass of numpy batch dicts (an optional bool "mask" (b,) marks padding).
+    eval_fn(params, batch) -> dict of per-example values (B,), averaged over the eval set.
+    """
+
+    init_params: Callable[[jax.Array], Any]
+    loss_fn: Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+    train_iterator: Callable[[int], Iterator]
+    eval_iterator: Callable[[int], Iterable] | None = None
+    eval_fn: Callable[[Any, dict], dict] | None = None
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def prepare_workdir(workdir) -> Path:
+    """Create the workdir and prove it is writable, before any compute."""
+    path = Path(workdir).expanduser().absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"workdir {path} is not writable: {e}") from None
+    return path
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object a line. On resume, records after the restored step are dropped
+    (they belonged to steps that will run again)."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        kept = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line)
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _encode_state(state) -> dict:
+    """Iterator positions as JSON: bytes are base64-encoded."""
+    if isinstance(state, bytes):
+        return {"bytes": base64.b64encode(state).decode()}
+    return {"json": state}
+
+
+def _decode_state(data: dict):
+    return base64.b64decode(data["bytes"]) if "bytes" in data else data["json"]
+
+
+def _microbatches(batch: dict, n: int) -> dict:
+    """(B, ...) -> (n, B/n, ...), microbatch j holding rows j, j+n, …: each device keeps its own rows."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def make_train_step(task: Task, tx, schedule, accum_steps: int, base_rng: jax.Array):
+    """The step: gradients (averaged over `accum_steps` microbatches), one optimizer update."""
+    grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
+
+    def step_fn(state: TrainState, batch: dict):
+        rng = jax.random.fold_in(base_rng, state.step)
+        if accum_steps == 1:
+            (loss, aux), grads = grad_fn(state.params, batch, rng)
+        else:
+            def body(carry, xs):
+                i, micro = xs
+                (l, a), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (l, a, g)), None
+
+            (l0, a0), g0 = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], _microbatches(batch, accum_steps)), rng)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, a0, g0))
+            (loss, aux, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), _microbatches(batch, accum_steps)))
+            loss, aux, grads = jax.tree.map(lambda x: x / accum_steps, (loss, aux, grads))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+        metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": _global_norm(grads), **aux}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return step_fn
+
+
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def make_eval_step(task: Task):
+    def eval_step(params, batch):
+        values = task.eval_fn(params, batch)
+        mask = batch["mask"].astype(jnp.float32) if "mask" in batch else None
+        sums = {k: jnp.sum(v * mask) if mask is not None else jnp.sum(v) for k, v in values.items()}
+        count = jnp.sum(mask) if mask is not None else jnp.asarray(next(iter(values.values())).shape[0], jnp.float32)
+        return sums, count
+
+    return eval_step
+
+
+def evaluate(eval_step, params, task: Task, local_batch: int, mesh) -> dict:
+    totals: dict[str, float] = {}
+    count = 0.0
+    for batch in task.eval_iterator(local_batch):
+        sums, n = eval_step(params, parallel.shard_batch(batch, mesh))
+        for k, v in jax.device_get(sums).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+        count += float(n)
+    if not count:
+        raise ValueError("the eval split yielded no examples")
+    return {k: v / count for k, v in totals.items()} | {"examples": int(count)}
+
+
+def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> dict:
+    """Train `task` for `cfg.total_steps` steps, resuming from the newest good checkpoint in `workdir`.
+
+    Config fields used: batch_size (global), total_steps, log_every, eval_every, checkpoint_every,
+    keep_checkpoints, seed, optim.* (see train.optim) and optim.grad_accum_steps. Returns the last eval metrics.
+    """
+    workdir = prepare_workdir(workdir)
+    mesh = parallel.data_mesh()
+    local_batch = parallel.check_global_batch(cfg.batch_size, mesh)
+    accum = int(cfg.optim.grad_accum_steps)
+    if accum < 1 or (cfg.batch_size // mesh.size) % accum:
+        raise ValueError(f"grad_accum_steps={accum} must divide the per-device batch {cfg.batch_size // mesh.size}")
+    total = int(cfg.total_steps)
+    tx, schedule = make_optimizer(cfg.optim, total)
+    is_main = jax.process_index() == 0
+
+    root = jax.random.PRNGKey(cfg.seed)
+    init_rng, step_rng = jax.random.split(root)
+
+    def init(rng):
+        params = task.init_params(rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    rep = parallel.replicated(mesh)
+    abstract = jax.eval_shape(init, init_rng)
+    shardings = jax.tree.map(lambda _: rep, abstract)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings)
+
+    ckpt = Checkpointer(workdir / "checkpoints", every=cfg.checkpoint_every, keep=cfg.keep_checkpoints)
+    train_it = task.train_iterator(local_batch)
+    restored = ckpt.restore_latest(abstract)
+    if restored is not None:
+        step, state, data = restored
+        train_it.set_state(_decode_state(data["iterator"]))
+        status(f"resumed from step {step} ({ckpt.directory})")
+    else:
+        step = 0
+        state = jax.jit(init, out_shardings=shardings)(init_rng)
+        n_params = sum(x.size for x in jax.tree.leaves(state.params))
+        status(f"initialised {n_params:,} parameters on {mesh.size} device(s), {jax.process_count()} process(es)")
+    start_step = step
+    log = MetricsLog(workdir / "metrics.jsonl", step, enabled=is_main)
+
+    batch_sharding = parallel.batch_sharded(mesh)
+    train_step = jax.jit(make_train_step(task, tx, schedule, accum, step_rng),
+                         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, rep), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(task)) if task.eval_fn is not None else None
+
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+
+    def check_finite(pending: list, upto: int) -> list:
+        for offset, m in enumerate(jax.device_get(pending)):
+            loss = float(m["loss"])
+            if not math.isfinite(loss):
+                ckpt.wait()
+                good = ckpt.manager.latest_step()
+                raise NonFiniteLossError(
+                    f"loss is {loss} at step {upto - len(pending) + offset + 1}; stopping. "
+                    + (f"The last good checkpoint (step {good}) in {ckpt.directory} is intact."
+                       if good is not None else "No checkpoint had been written yet."))
+        return jax.device_get(pending)
+
+    last_eval: dict = {}
+    pending: list = []
+    window_start, window_steps = time.perf_counter(), 0
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not is_main, dynamic_ncols=True,
+               mininterval=1.0, file=sys.stderr)
+    try:
+        while step < total:
+            if stop["signal"] is not None:
+                status(f"signal {stop['signal']} received: checkpointing step {step} and stopping")
+                ckpt.save(step, state, {"iterator": _encode_state(train_it.get_state())}, force=True)
+                break
+            batch = parallel.shard_batch(next(train_it), mesh)
+            if step == start_step:
+                t0 = time.perf_counter()
+                state, metrics = train_step(state, batch)
+                jax.block_until_ready(metrics)
+                status(f"compiled and ran the first step in {time.perf_counter() - t0:.1f}s")
+                window_start, window_steps = time.perf_counter(), 0
+            else:
+                state, metrics = train_step(state, batch)
+            step += 1
+            window_steps += 1
+            pending.append(metrics)
+            bar.update(1)
+
+            log_now = step % cfg.log_every == 0 or step == total
+            eval_now = eval_step is not None and (step % cfg.eval_every == 0 or step == total)
+            save_now = ckpt.should_save(step) or step == total
+            if log_now or eval_now or save_now:
+                fetched = check_finite(pending, step)
+                pending = []
+                if log_now:
+                    dt = time.perf_counter() - window_start
+                    record = {"step": step, "split": "train",
+                              **{k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]},
+                              "images_per_s": window_steps * cfg.batch_size / max(dt, 1e-9)}
+                    record["lr"] = float(fetched[-1]["lr"])
+                    log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                    img_s=f"{record['images_per_s']:.0f}")
+                    window_start, window_steps = time.perf_counter(), 0
+            if eval_now:
+                last_eval = evaluate(eval_step, state.params, task, local_batch, mesh)
+                log.write({"step": step, "split": "eval", **last_eval})
+                bar.write(f"step {step}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                window_start, window_steps = time.perf_counter(), 0
+            if save_now:
+                ckpt.save(step, state, {"iterator": _encode_state(train_it.get_state())}, force=step == total)
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, previous)
+        ckpt.close()
+    return last_eval
+

@@ -1,0 +1,102 @@
+"""Train a ViT classifier on a TFDS dataset across every local accelerator.
+
+    python -m train.vit --workdir DIR                                   # the embedded offline recipe
+    python -m train.vit --config configs/vit_b16_imagenet.py --workdir DIR --config.batch_size=1024
+
+Any config field can be overridden as --config.field=value. Running the same command again resumes from the
+last checkpoint in DIR (params, optimizer state, step and data position).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import app, flags
+from ml_collections import config_flags
+
+from train import loop
+from vitsam.models import vit_variant
+
+_DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "vit_shapes.py"
+_CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "training recipe (a configs/*.py file)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics.jsonl go", required=True)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(cfg, num_classes: int):
+    """The ViT of `cfg.model`: a variant name plus field overrides (None fields keep the variant's value)."""
+    m = cfg.model.to_dict()
+    variant = m.pop("variant")
+    if m.get("dtype") not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.get('dtype')!r}")
+    m["dtype"] = DTYPES[m["dtype"]]
+    overrides = {k: v for k, v in m.items() if v is not None}
+    return vit_variant(variant, num_classes=num_classes, image_size=cfg.data.image_size, **overrides)
+
+
+def classification_task(cfg, model, train_source, eval_source) -> loop.Task:
+    from vitsam.data import pipeline
+
+    d = cfg.data
+    num_classes = model.num_classes
+
+    def init_params(rng):
+        return model.init(rng, jnp.zeros((1, d.image_size, d.image_size, 3), jnp.float32))["params"]
+
+    def loss_fn(params, batch, rng):
+        logits = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": rng})
+        labels = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), cfg.optim.label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, labels).mean()
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        return loss, {"accuracy": accuracy}
+
+    def eval_fn(params, batch):
+        logits = model.apply({"params": params}, batch["image"])
+        loss = optax.softmax_cross_entropy(logits, jax.nn.one_hot(batch["label"], num_classes))
+        return {"loss": loss, "accuracy": (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)}
+
+    def train_iterator(local_batch):
+        return pipeline.make_iterator(
+            train_source, batch_size=local_batch, image_size=d.image_size, train=True, seed=cfg.seed,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            crop_scale=(d.crop_scale_min, 1.0), worker_count=d.worker_count)
+
+    def eval_iterator(local_batch):
+        return pipeline.make_iterator(
+            eval_source, batch_size=local_batch, image_size=d.image_size, train=False, seed=cfg.seed,
+            process_index=jax.process_index(), process_count=jax.process_count(), worker_count=d.worker_count)
+
+    return loop.Task(init_params=init_params, loss_fn=loss_fn, train_iterator=train_iterator,
+                     eval_iterator=eval_iterator, eval_fn=eval_fn)
+
+
+def train(cfg, workdir) -> dict:
+    """Validate everything cheap first (workdir, dataset, model config), then train."""
+    from vitsam.data import pipeline
+
+    loop.prepare_workdir(workdir)
+    d = cfg.data
+    train_source = pipeline.open_source(name=d.name, split=d.train_split, data_dir=d.data_dir)
+    eval_source = pipeline.open_source(name=d.name, split=d.eval_split, data_dir=d.data_dir)
+    num_classes = pipeline.num_classes(train_source)
+    model = build_model(cfg, num_classes)
+    return loop.run(cfg, workdir, classification_task(cfg, model, train_source, eval_source))
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        result = train(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError, loop.NonFiniteLossError) as e:
+        raise SystemExit(f"train.vit: error: {e}") from None
+    if result:
+        print("final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    app.run(main)
