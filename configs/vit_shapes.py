@@ -17,6 +17,7 @@ def get_config():
     c.eval_every = 500
     c.checkpoint_every = 250
     c.keep_checkpoints = 3
+    c.init_from = ""            # a checkpoint to fine-tune from (vit_jax / big_vision .npz, timm .pth / .safetensors)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "vitsam_shapes"

@@ -45,6 +45,8 @@ class Task:
     train_iterator(per_process_batch) -> an endless iterator of numpy batch dicts with get_state()/set_state().
     eval_iterator(per_process_batch) -> one pass of numpy batch dicts (an optional bool "mask" (b,) marks padding).
     eval_fn(params, batch) -> dict of per-example values (B,), averaged over the eval set.
+    initial_params() -> host (numpy) params to start from instead of `init_params` (fine-tuning); they are
+    placed on the mesh directly rather than baked into a jitted init as constants.
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -52,6 +54,7 @@ class Task:
     train_iterator: Callable[[int], Iterator]
     eval_iterator: Callable[[int], Iterable] | None = None
     eval_fn: Callable[[Any, dict], dict] | None = None
+    initial_params: Callable[[], Any] | None = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -203,7 +206,11 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
         status(f"resumed from step {step} ({ckpt.directory})")
     else:
         step = 0
-        state = jax.jit(init, out_shardings=shardings)(init_rng)
+        if task.initial_params is None:
+            state = jax.jit(init, out_shardings=shardings)(init_rng)
+        else:
+            params = jax.device_put(task.initial_params(), shardings.params)
+            state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), out_shardings=shardings)(params)
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
         status(f"initialised {n_params:,} parameters on {mesh.size} device(s), {jax.process_count()} process(es)")
     start_step = step

@@ -27,18 +27,34 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics.j
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_model(cfg, num_classes: int):
-    """The ViT of `cfg.model`: a variant name plus field overrides (None fields keep the variant's value)."""
+# Fields that change how a model trains, not its parameters: a fine-tuning config may set them.
+TRAINING_FIELDS = ("dropout", "drop_path", "dtype", "remat", "attention_impl")
+
+
+def _model_overrides(cfg) -> dict:
     m = cfg.model.to_dict()
-    variant = m.pop("variant")
+    m.pop("variant")
     if m.get("dtype") not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.get('dtype')!r}")
     m["dtype"] = DTYPES[m["dtype"]]
-    overrides = {k: v for k, v in m.items() if v is not None}
-    return vit_variant(variant, num_classes=num_classes, image_size=cfg.data.image_size, **overrides)
+    return {k: v for k, v in m.items() if v is not None}
 
 
-def classification_task(cfg, model, train_source, eval_source) -> loop.Task:
+def build_model(cfg, num_classes: int):
+    """(model, host params or None). From scratch: `cfg.model.variant` plus field overrides (None keeps the
+    variant's value). With `cfg.init_from`: the architecture of that checkpoint (resampled to the data's image
+    size, with a fresh head when the class count differs) and only the training fields of `cfg.model`."""
+    overrides = _model_overrides(cfg)
+    if not cfg.init_from:
+        return vit_variant(cfg.model.variant, num_classes=num_classes, image_size=cfg.data.image_size, **overrides), None
+    from vitsam.convert import load_vit_checkpoint
+
+    model, variables = load_vit_checkpoint(cfg.init_from, image_size=cfg.data.image_size, num_classes=num_classes)
+    model = model.clone(**{k: v for k, v in overrides.items() if k in TRAINING_FIELDS})
+    return model, variables["params"]
+
+
+def classification_task(cfg, model, train_source, eval_source, initial_params=None) -> loop.Task:
     from vitsam.data import pipeline
 
     d = cfg.data
@@ -71,7 +87,8 @@ def classification_task(cfg, model, train_source, eval_source) -> loop.Task:
             process_index=jax.process_index(), process_count=jax.process_count(), worker_count=d.worker_count)
 
     return loop.Task(init_params=init_params, loss_fn=loss_fn, train_iterator=train_iterator,
-                     eval_iterator=eval_iterator, eval_fn=eval_fn)
+                     eval_iterator=eval_iterator, eval_fn=eval_fn,
+                     initial_params=None if initial_params is None else lambda: initial_params)
 
 
 def train(cfg, workdir) -> dict:
@@ -83,8 +100,8 @@ def train(cfg, workdir) -> dict:
     train_source = pipeline.open_source(name=d.name, split=d.train_split, data_dir=d.data_dir)
     eval_source = pipeline.open_source(name=d.name, split=d.eval_split, data_dir=d.data_dir)
     num_classes = pipeline.num_classes(train_source)
-    model = build_model(cfg, num_classes)
-    return loop.run(cfg, workdir, classification_task(cfg, model, train_source, eval_source))
+    model, initial_params = build_model(cfg, num_classes)
+    return loop.run(cfg, workdir, classification_task(cfg, model, train_source, eval_source, initial_params))
 
 
 def main(argv) -> None:

@@ -58,6 +58,12 @@ class Checkpointer:
             return step, restored["state"], restored["data"]
         return None
 
+    def read(self, step: int):
+        """(state, data) of one step, restored without a target (arrays on the default device)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+        return restored["state"], restored["data"]
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

@@ -1,0 +1,131 @@
+"""The shared training loop: exact resume after SIGKILL, NaN stop, corrupt checkpoints, accumulation, decay mask."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import train_fixtures as fx
+from train import loop
+from train.optim import decay_mask, learning_rate_schedule
+
+FIXTURE = str(Path(fx.__file__).resolve())
+
+
+def read(workdir, split="train"):
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def run_fixture(workdir, total, *extra, wait=True):
+    cmd = [sys.executable, FIXTURE, str(workdir), str(total), *map(str, extra)]
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_sigkill_then_rerun_gives_the_losses_of_an_uninterrupted_run(tmp_path):
+    total = 30
+    ref = run_fixture(tmp_path / "ref", total)
+    assert ref.returncode == 0, ref.stderr
+
+    work = tmp_path / "killed"
+    proc = run_fixture(work, total, wait=False)
+    ckpts = work / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ckpts.exists() and any(p.name == "10" for p in ckpts.iterdir())):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps_before = {r["step"] for r in read(work)}
+    assert max(steps_before) < total, "the run finished before it could be killed"
+
+    again = run_fixture(work, total)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from step" in again.stdout
+    ref_train, got_train = read(tmp_path / "ref"), read(work)
+    assert [r["step"] for r in got_train] == list(range(1, total + 1))  # no duplicated or missing steps
+    np.testing.assert_array_equal([r["loss"] for r in got_train], [r["loss"] for r in ref_train])
+    np.testing.assert_array_equal([r["accuracy"] for r in read(work, "eval")],
+                                  [r["accuracy"] for r in read(tmp_path / "ref", "eval")])
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    result = run_fixture(tmp_path, 30, 1, 12)  # batch 12 (step 13) is all NaN
+    assert result.returncode != 0
+    assert "loss is nan at step 13" in result.stderr
+    assert "last good checkpoint (step 10)" in result.stderr
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 10
+    # The kept checkpoint restores and holds finite parameters.
+    from vitsam.checkpoint import Checkpointer
+    state, data = Checkpointer(tmp_path / "checkpoints", every=5).read(10)
+    assert data["iterator"] == {"json": {"i": 10}}
+    leaves = jax.tree.leaves(state)
+    assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
+
+
+def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
+    cfg = fx.config(total_steps=10, checkpoint_every=5)
+    loop.run(cfg, tmp_path, fx.task())
+    newest = tmp_path / "checkpoints" / "10"
+    for f in newest.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"garbage")
+    cfg.total_steps = 12
+    with pytest.warns(UserWarning, match="skipping unreadable checkpoint at step 10"):
+        loop.run(cfg, tmp_path, fx.task(), status=print)
+    assert "resumed from step 5" in capsys.readouterr().out
+    assert [r["step"] for r in read(tmp_path)] == list(range(1, 13))
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    full = loop.run(fx.config(total_steps=6, accum=1), tmp_path / "a", fx.task())
+    accum = loop.run(fx.config(total_steps=6, accum=4), tmp_path / "b", fx.task())
+    np.testing.assert_allclose([r["loss"] for r in read(tmp_path / "b")], [r["loss"] for r in read(tmp_path / "a")],
+                               rtol=2e-5)
+    assert full["accuracy"] == pytest.approx(accum["accuracy"])
+
+
+def test_eval_counts_each_real_example_once(tmp_path):
+    result = loop.run(fx.config(total_steps=10), tmp_path, fx.task())
+    assert result["examples"] == 2 * (16 - 3)
+
+
+def test_bad_batch_and_workdir_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="grad_accum_steps=3"):
+        loop.run(fx.config(accum=3), tmp_path, fx.task())
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="not writable"):
+        loop.run(fx.config(), blocker / "sub", fx.task())
+
+
+def test_decay_mask_skips_biases_norms_and_embeddings():
+    model = fx.vit_variant("Ti/16", num_classes=3, image_size=16, patch_size=4, width=16, depth=1, mlp_dim=16,
+                           num_heads=2)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    flat = {"/".join(k.key for k in path): v for path, v in jax.tree_util.tree_flatten_with_path(decay_mask(params))[0]}
+    assert flat["embedding/kernel"] and flat["head/kernel"]
+    assert flat["Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel"]
+    assert flat["Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel"]
+    for name in ("cls", "pos_embedding", "embedding/bias", "head/bias", "Transformer/encoder_norm/scale",
+                 "Transformer/encoderblock_0/LayerNorm_0/bias", "Transformer/encoderblock_0/MlpBlock_0/Dense_0/bias"):
+        assert not flat[name], name
+
+
+def test_schedule_warms_up_linearly_then_decays_by_a_cosine():
+    cfg = fx.config().optim
+    cfg.lr, cfg.end_lr, cfg.warmup_steps = 1.0, 0.0, 10
+    s = learning_rate_schedule(cfg, 110)
+    assert float(s(0)) == 0.0 and float(s(5)) == pytest.approx(0.5) and float(s(10)) == pytest.approx(1.0)
+    assert float(s(60)) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.5)), abs=1e-6)
+    assert float(s(110)) == pytest.approx(0.0, abs=1e-7)
