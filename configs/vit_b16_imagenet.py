@@ -30,6 +30,9 @@ def get_config():
     c.data.eval_split = "validation"
     c.data.image_size = 224
     c.data.crop_scale_min = 0.08
+    c.data.eval_crop_fraction = 0.875
+    c.data.cache_in_memory = False
+    c.data.num_threads = 16
     c.data.worker_count = 32
 
     c.model = ml_collections.ConfigDict(dict(

@@ -28,6 +28,8 @@ def get_config():
     c.data.eval_split = "test"
     c.data.image_size = 224
     c.data.crop_scale_min = 0.5
+    c.data.cache_in_memory = False
+    c.data.num_threads = 8
     c.data.worker_count = 16
 
     c.model.variant = "B/16"

@@ -26,6 +26,9 @@ def get_config():
     c.data.eval_split = "test"
     c.data.image_size = 64
     c.data.crop_scale_min = 0.6
+    c.data.eval_crop_fraction = 1.0
+    c.data.cache_in_memory = True   # 12,000 images of 64 px: decode once (~9 s), then read from RAM
+    c.data.num_threads = 0          # the 2-core CPU is better spent on the step than on prefetch threads
     c.data.worker_count = 0
 
     c.model = ml_collections.ConfigDict()

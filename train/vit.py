@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from train import loop
@@ -75,16 +75,16 @@ def classification_task(cfg, model, train_source, eval_source, initial_params=No
         loss = optax.softmax_cross_entropy(logits, jax.nn.one_hot(batch["label"], num_classes))
         return {"loss": loss, "accuracy": (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)}
 
+    reading = dict(image_size=d.image_size, seed=cfg.seed, process_index=jax.process_index(),
+                   process_count=jax.process_count(), num_threads=d.num_threads, worker_count=d.worker_count)
+
     def train_iterator(local_batch):
-        return pipeline.make_iterator(
-            train_source, batch_size=local_batch, image_size=d.image_size, train=True, seed=cfg.seed,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            crop_scale=(d.crop_scale_min, 1.0), worker_count=d.worker_count)
+        return pipeline.make_iterator(train_source, batch_size=local_batch, train=True,
+                                      crop_scale=(d.crop_scale_min, 1.0), **reading)
 
     def eval_iterator(local_batch):
-        return pipeline.make_iterator(
-            eval_source, batch_size=local_batch, image_size=d.image_size, train=False, seed=cfg.seed,
-            process_index=jax.process_index(), process_count=jax.process_count(), worker_count=d.worker_count)
+        return pipeline.make_iterator(eval_source, batch_size=local_batch, train=False,
+                                      eval_crop_fraction=d.eval_crop_fraction, **reading)
 
     return loop.Task(init_params=init_params, loss_fn=loss_fn, train_iterator=train_iterator,
                      eval_iterator=eval_iterator, eval_fn=eval_fn,
@@ -100,6 +100,8 @@ def train(cfg, workdir) -> dict:
     train_source = pipeline.open_source(name=d.name, split=d.train_split, data_dir=d.data_dir)
     eval_source = pipeline.open_source(name=d.name, split=d.eval_split, data_dir=d.data_dir)
     num_classes = pipeline.num_classes(train_source)
+    if d.cache_in_memory:  # small datasets: decode every image once, then read from RAM
+        train_source, eval_source = pipeline.cache_in_memory(train_source), pipeline.cache_in_memory(eval_source)
     model, initial_params = build_model(cfg, num_classes)
     return loop.run(cfg, workdir, classification_task(cfg, model, train_source, eval_source, initial_params))
 
@@ -107,6 +109,8 @@ def train(cfg, workdir) -> dict:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console for the progress bar
+        logging.set_verbosity(logging.WARNING)
     try:
         result = train(_CONFIG.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError, loop.NonFiniteLossError) as e:

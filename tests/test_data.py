@@ -1,0 +1,378 @@
+"""Tests of the shapes generator, its TFDS builder, the transforms and the grain pipelines."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitsam.data import shapes, transforms
+
+tfds = pytest.importorskip("tensorflow_datasets")
+pytest.importorskip("grain")
+
+from vitsam.data import pipeline, shapes_builder  # noqa: E402  (needs the [data] extra)
+
+SMALL = "vitsam_shapes/small"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tfds")
+    shapes_builder.prepare_shapes(d, "small")
+    return d
+
+
+@pytest.fixture(scope="module")
+def train_src(data_dir):
+    return pipeline.open_source(SMALL, "train", data_dir)
+
+
+@pytest.fixture(scope="module")
+def test_src(data_dir):
+    return pipeline.open_source(SMALL, "test", data_dir)
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _equal_batches(a, b):
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+def test_render_is_deterministic():
+    a, b = shapes.render_example(5), shapes.render_example(5)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.image, shapes.render_example(6).image)
+    assert not np.array_equal(a.image, shapes.render_example(5, seed=1).image)
+    c = shapes.render_example(np.random.default_rng([0, 5]))
+    np.testing.assert_array_equal(a.image, c.image)
+
+
+@pytest.mark.parametrize("name, area", [
+    ("circle", np.pi),
+    ("ring", np.pi * (1 - 0.55**2)),
+    ("square", 2.0),  # circumradius 1: side sqrt(2)
+    ("triangle", 3 * np.sqrt(3) / 4),
+    ("star", 10 * 0.5 * 0.45 * np.sin(np.pi / 5)),  # 10 triangles (1, 0.45, 36 degrees)
+    ("cross", 2 * 2 * 0.6 - 0.6**2),  # two 2 x 0.6 bars minus their overlap
+])
+def test_shape_mask_area_matches_geometry(name, area):
+    radius = 25.0
+    mask = shapes.shape_mask(name, (40.0, 40.0), radius, angle=0.3, image_size=80)
+    assert abs(mask.sum() / (area * radius**2) - 1) < 0.02
+
+
+def test_render_masks_boxes_labels():
+    for index in range(60):
+        ex = shapes.render_example(index)
+        k = len(ex.labels)
+        assert ex.image.shape == (64, 64, 3) and ex.image.dtype == np.uint8
+        assert ex.masks.shape == (k, 64, 64) and ex.masks.dtype == bool
+        assert ex.boxes.shape == (k, 4) and 1 <= k <= 4
+        assert ex.masks.sum(axis=0).max() == 1  # disjoint
+        areas = ex.masks.sum(axis=(1, 2))
+        assert (areas > 0).all()
+        assert ex.label == ex.labels[np.argmax(areas)] == ex.labels[0]
+        assert set(ex.labels.tolist()) <= set(range(len(shapes.CLASS_NAMES)))
+        background = ex.image[~ex.masks.any(axis=0)].astype(float).mean(axis=0)
+        for mask, box in zip(ex.masks, ex.boxes):
+            ys, xs = np.nonzero(mask)
+            np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            colours = np.unique(ex.image[mask], axis=0)
+            assert len(colours) == 1  # the mask is exactly the painted shape
+            assert np.linalg.norm(colours[0] - background) > 90  # contrast with the background
+
+
+# ----------------------------------------------------------------------------- builder
+
+
+def test_prepared_dataset_matches_generator(train_src, test_src):
+    assert len(train_src) == 512 and len(test_src) == 128
+    assert pipeline.class_names(train_src) == list(shapes.CLASS_NAMES)
+    assert pipeline.num_classes(train_src) == 6
+    for src, seed in ((train_src, 0), (test_src, 1)):
+        for index in (0, 17, len(src) - 1):
+            record, ex = src[index], shapes.render_example(index, seed=seed)
+            np.testing.assert_array_equal(record["image"], ex.image)
+            assert record["label"] == ex.label
+            np.testing.assert_array_equal(record["objects"]["label"], ex.labels)
+            masks = np.stack(record["objects"]["mask"])[..., 0] > 0
+            np.testing.assert_array_equal(masks, ex.masks)
+            x0, y0, x1, y1 = ex.boxes.T
+            np.testing.assert_allclose(np.stack(record["objects"]["bbox"]),
+                                       np.stack([y0, x0, y1, x1], -1) / 64, atol=1e-6)
+
+
+def test_prepare_is_a_noop_and_deterministic(data_dir, tmp_path):
+    version_dir = data_dir / "vitsam_shapes" / "small" / "1.0.0"
+    files = sorted(p for p in version_dir.iterdir() if "array_record" in p.name)
+    assert len(files) == 2
+    before = {p: p.stat().st_mtime_ns for p in files}
+    shapes_builder.prepare_shapes(data_dir, "small")
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+    shapes_builder.prepare_shapes(tmp_path, "small")
+    other = tmp_path / "vitsam_shapes" / "small" / "1.0.0"
+    for p in files:
+        assert (other / p.name).read_bytes() == p.read_bytes()
+
+
+def test_prepare_and_read_without_tensorflow(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import tensorflow_datasets as tfds
+        from vitsam.data import shapes, shapes_builder
+        shapes_builder.prepare_shapes({str(tmp_path)!r}, "small")
+        src = tfds.data_source("{SMALL}", split="test", data_dir={str(tmp_path)!r})
+        assert np.array_equal(src[3]["image"], shapes.render_example(3, seed=1).image)
+        assert "tensorflow" not in sys.modules  # never imported, whether installed or not
+        print("ok", len(src))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ok 128" in out.stdout
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def test_transforms_shapes_dtypes_and_flip():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(48, 80, 3), dtype=np.uint8)
+    out = transforms.random_resized_crop(image, rng, 32, scale=(0.3, 1.0))
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert transforms.resize_center_crop(image, 40, 0.875).shape == (40, 40, 3)
+    flipped = transforms.horizontal_flip(image)
+    np.testing.assert_array_equal(flipped, image[:, ::-1])
+    assert flipped[5, 0, 1] == image[5, 79, 1]
+    norm = transforms.normalize(np.array([0, 255, 127.5]).astype(np.uint8))
+    np.testing.assert_allclose(norm, [-1.0, 1.0, 127 / 127.5 - 1])
+    assert transforms.to_rgb(image[..., :1]).shape == (48, 80, 3)
+    # A full-image crop at the original size is the identity.
+    square = image[:, :48]
+    np.testing.assert_array_equal(
+        transforms.random_resized_crop(square, rng, 48, scale=(1, 1), ratio=(1, 1)), square)
+    np.testing.assert_array_equal(transforms.resize_center_crop(square, 48), square)
+    assert transforms.center_crop_box(48, 80, 0.5) == (28.0, 12.0, 52.0, 36.0)
+
+
+def test_crop_box_respects_scale_and_ratio():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        x0, y0, x1, y1 = transforms.sample_crop_box(rng, 60, 90, scale=(0.2, 0.7),
+                                                    ratio=(0.5, 2.0))
+        w, h = x1 - x0, y1 - y0
+        assert 0 <= x0 and x1 <= 90 + 1e-9 and 0 <= y0 and y1 <= 60 + 1e-9
+        assert 0.2 - 1e-9 <= w * h / (60 * 90) <= 0.7 + 1e-9
+        assert 0.5 - 1e-9 <= w / h <= 2.0 + 1e-9
+
+
+def test_resize_center_crop_takes_the_centre():
+    image = np.zeros((40, 100, 3), np.uint8)
+    image[:, 26:74] = 255  # white around the central 40 x 40 square (30:70), black sides
+    np.testing.assert_array_equal(transforms.resize_center_crop(image, 20), 255)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def _train_iter(src, seed=0, **kw):
+    kw = {"process_index": 0, "process_count": 1, **kw}
+    return pipeline.make_iterator(src, 32, 64, train=True, seed=seed, **kw)
+
+
+def test_train_batches(train_src):
+    batch = next(_train_iter(train_src))
+    assert batch["image"].shape == (32, 64, 64, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+    assert batch["label"].dtype == np.int32 and batch["mask"].all()
+    labels = np.array([train_src[i]["label"] for i in batch["index"]])
+    np.testing.assert_array_equal(batch["label"], labels)
+
+
+def test_train_order_is_deterministic_per_seed(train_src):
+    a = _take(_train_iter(train_src, seed=0), 3)
+    b = _take(_train_iter(train_src, seed=0, num_threads=0, prefetch=0), 3)
+    c = _take(_train_iter(train_src, seed=1), 3)
+    assert _equal_batches(a, b)
+    assert not np.array_equal(a[0]["index"], c[0]["index"])
+
+
+def test_epochs_cover_the_data_and_reshuffle(train_src):
+    it = _train_iter(train_src, num_epochs=2)
+    batches = list(it)
+    assert len(batches) == 2 * 512 // 32
+    epoch1 = np.concatenate([b["index"] for b in batches[:16]])
+    epoch2 = np.concatenate([b["index"] for b in batches[16:]])
+    np.testing.assert_array_equal(np.sort(epoch1), np.arange(512))
+    np.testing.assert_array_equal(np.sort(epoch2), np.arange(512))
+    assert not np.array_equal(epoch1, epoch2)
+    assert not np.array_equal(epoch1, np.arange(512))
+
+
+def test_get_state_set_state_resumes_exactly(train_src):
+    reference = _take(_train_iter(train_src), 6)
+    it = _train_iter(train_src)
+    _take(it, 3)
+    state = json.loads(json.dumps(it.get_state()))  # as a checkpoint would store it
+    restored = _train_iter(train_src)
+    restored.set_state(state)
+    assert _equal_batches(_take(restored, 3), reference[3:])
+
+
+def test_process_shards_are_disjoint_and_cover(train_src):
+    shards = []
+    for p in range(2):
+        it = pipeline.make_iterator(train_src, 32, 64, train=True, num_epochs=1,
+                                    process_index=p, process_count=2)
+        shards.append(np.concatenate([b["index"] for b in it]))
+    assert len(shards[0]) == len(shards[1]) == 256
+    assert not set(shards[0]) & set(shards[1])
+    np.testing.assert_array_equal(np.sort(np.concatenate(shards)), np.arange(512))
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_eval_counts_each_example_once(test_src, process_count):
+    seen, num_batches = [], set()
+    for p in range(process_count):
+        batches = list(pipeline.make_iterator(test_src, 50, 64, train=False, process_index=p,
+                                              process_count=process_count))
+        num_batches.add(len(batches))
+        for b in batches:
+            assert b["image"].shape == (50, 64, 64, 3)
+            seen.extend(b["index"][b["mask"]].tolist())
+            np.testing.assert_array_equal(
+                b["label"], [test_src[i]["label"] for i in b["index"]])
+    assert len(num_batches) == 1  # every process runs the same number of steps
+    assert sorted(seen) == list(range(128))
+    if process_count == 1:  # eval images are the stored ones, normalized
+        b = next(pipeline.make_iterator(test_src, 4, 64, train=False, process_index=0,
+                                        process_count=1))
+        np.testing.assert_allclose(b["image"][2], test_src[2]["image"] / 127.5 - 1, atol=1e-6)
+
+
+def test_worker_processes_give_the_same_batches(train_src):
+    a = _take(_train_iter(train_src), 2)
+    it = _train_iter(train_src, worker_count=1)
+    b = _take(it, 2)
+    json.dumps(it.get_state())
+    it.close()
+    assert _equal_batches(a, b)
+
+
+def test_cache_in_memory_gives_the_same_batches(test_src):
+    cached = pipeline.cache_in_memory(test_src)
+    assert cached.columns["image"].shape == (128, 64, 64, 3)
+    kw = dict(train=False, process_index=0, process_count=1)
+    a = list(pipeline.make_iterator(test_src, 40, 64, **kw))
+    b = list(pipeline.make_iterator(cached, 40, 64, **kw))
+    assert _equal_batches(a, b)
+    assert pipeline.class_names(cached) == list(shapes.CLASS_NAMES)
+
+
+def test_instance_iterator(test_src):
+    it = pipeline.make_instance_iterator(test_src, 8, 64, max_masks=3, train=True, seed=0,
+                                         process_index=0, process_count=1)
+    for batch in _take(it, 3):
+        assert batch["image"].shape == (8, 64, 64, 3) and batch["image"].dtype == np.uint8
+        assert batch["masks"].shape == (8, 3, 64, 64) and batch["masks"].dtype == bool
+        assert batch["boxes"].shape == (8, 3, 4) and batch["labels"].dtype == np.int32
+        for i, index in enumerate(batch["index"]):
+            ex = shapes.render_example(int(index), seed=1)
+            n = min(3, len(ex.labels))
+            np.testing.assert_array_equal(batch["mask_valid"][i], np.arange(3) < n)
+            np.testing.assert_array_equal(batch["labels"][i, :n], ex.labels[:n])
+            assert (batch["labels"][i, n:] == -1).all() and not batch["masks"][i, n:].any()
+            flipped = not np.array_equal(batch["image"][i], ex.image)
+            if flipped:
+                np.testing.assert_array_equal(batch["image"][i], ex.image[:, ::-1])
+            for k in range(n):
+                expected = ex.masks[k][:, ::-1] if flipped else ex.masks[k]
+                np.testing.assert_array_equal(batch["masks"][i, k], expected)
+                ys, xs = np.nonzero(expected)
+                np.testing.assert_array_equal(
+                    batch["boxes"][i, k], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+
+
+def test_instance_iterator_resizes(test_src):
+    batch = next(pipeline.make_instance_iterator(test_src, 4, 32, max_masks=4, train=False,
+                                                 process_index=0, process_count=1))
+    assert batch["image"].shape == (4, 32, 32, 3) and batch["masks"].shape == (4, 4, 32, 32)
+    for masks, valid, boxes in zip(batch["masks"], batch["mask_valid"], batch["boxes"]):
+        assert valid[0]
+        for mask, box in zip(masks[valid], boxes[valid]):
+            ys, xs = np.nonzero(mask)
+            np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+
+
+# ----------------------------------------------------------------------------- other datasets
+
+
+def _png(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class VitsamTestVarsize(tfds.core.GeneratorBasedBuilder):
+    """Like cifar10 / oxford_iiit_pet: images of varying sizes, a label, an extra mask image."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.ClassLabel(num_classes=3),
+            "segmentation_mask": tfds.features.Image(shape=(None, None, 1)),
+        }))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(20)}
+
+    def _generate_examples(self, n):
+        rng = np.random.default_rng(0)
+        for i in range(n):
+            h, w = 20 + 3 * i, 50 - i
+            image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            yield i, {"image": _png(image), "label": i % 3,
+                      "segmentation_mask": _png(np.zeros((h, w), np.uint8))}
+
+
+def test_generic_dataset_with_varying_image_sizes(tmp_path):
+    VitsamTestVarsize(data_dir=tmp_path, file_format="array_record").download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    src = pipeline.open_source("vitsam_test_varsize", "train", tmp_path)
+    assert pipeline.num_classes(src) == 3
+    for train in (True, False):
+        it = pipeline.make_iterator(src, 8, 24, train=train, process_index=0, process_count=1,
+                                    eval_crop_fraction=0.875)
+        batch = next(it)
+        assert batch["image"].shape == (8, 24, 24, 3) and batch["image"].dtype == np.float32
+        np.testing.assert_array_equal(batch["label"], [src[i]["label"] for i in batch["index"]])
+    with pytest.raises(ValueError, match="objects/mask"):
+        pipeline.make_instance_iterator(src, 2, 24, 2, train=False, process_index=0,
+                                        process_count=1)
+
+
+def test_missing_dataset_or_split_is_a_clear_error(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown TFDS dataset 'no_such_dataset_xyz'"):
+        pipeline.open_source("no_such_dataset_xyz", "train", tmp_path)
+    with pytest.raises(ValueError, match="validation"):
+        pipeline.open_source(SMALL, "validation", data_dir)
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        pipeline.open_source("mnist", "train", tmp_path)  # registered, not here, no download
+    assert not os.path.exists(tmp_path / "downloads")

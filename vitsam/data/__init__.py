@@ -1,0 +1,21 @@
+"""Data: the embedded shapes dataset, input pipelines and transforms.
+
+`shapes` (the NumPy generator) and `transforms` need only NumPy and Pillow. `shapes_builder` (the
+TFDS builder "vitsam_shapes") and `pipeline` (TFDS sources + grain) need the [data] extra; they
+are imported on first access, so `import vitsam.data` stays light.
+"""
+
+import importlib
+
+from vitsam.data import shapes, transforms
+
+_LAZY = ("pipeline", "shapes_builder")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f"vitsam.data.{name}")
+    raise AttributeError(f"module 'vitsam.data' has no attribute {name!r}")
+
+
+__all__ = ["pipeline", "shapes", "shapes_builder", "transforms"]

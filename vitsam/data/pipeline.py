@@ -1,0 +1,400 @@
+"""Input pipelines: TFDS data sources read without TensorFlow, fed through grain.
+
+    src = open_source("vitsam_shapes", split="train", data_dir=DIR)   # prepares the embedded set once
+    it = make_iterator(src, batch_size=128, image_size=64, train=True, seed=0,
+                       process_index=jax.process_index(), process_count=jax.process_count())
+    batch = next(it)        # {"image": (b, S, S, 3) float32, "label": (b,) int32, "mask": (b,) bool,
+                            #  "index": (b,) int32}
+    state = it.get_state()  # a small JSON-serializable dict; it.set_state(state) resumes exactly
+
+Conventions:
+  * `batch_size` is the per-process batch b (the trainer passes global_batch // process_count).
+  * Each process reads a disjoint shard: example indices `process_index::process_count`.
+  * Train: shuffled by `seed`, reshuffled each epoch, infinite unless num_epochs is given; the last
+    partial batch of a finite run is dropped; the augmentation of an example is a function of
+    (seed, process, position in the stream), so it is reproducible and resumable too.
+  * Eval: one pass in index order. Every process yields the same number of batches (needed by a
+    multi-host jitted step); the slots past the end of the data repeat real examples with
+    "mask" False, so `sum(correct * mask)` counts each example exactly once.
+  * "mask" (b,) bool is present in both modes (all True in training); "index" (b,) int32 is the
+    example's position in the split (for debugging and tests; a jitted step can ignore it).
+  * Prefetch: `num_threads` threads fill a buffer of `prefetch` batches; `worker_count` > 0 adds
+    that many worker processes (grain mp_prefetch), each with its own threads. The order of the
+    batches does not depend on any of these three numbers. Worker processes are spawned, so a
+    script using them needs the usual `if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from vitsam.data import transforms
+
+SHAPES_NAME = "vitsam_shapes"
+# Random-resized-crop area fractions when the caller gives none: Inception's (0.08, 1) in general,
+# gentler for the 64 px shapes, where a small crop could cut away the shape that names the label.
+DEFAULT_CROP_SCALE = (0.08, 1.0)
+DATASET_CROP_SCALE = {SHAPES_NAME: (0.6, 1.0)}
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def open_source(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
+                download: bool = False):
+    """A random-access TFDS source (`tfds.data_source`, array_record; no TensorFlow needed).
+
+    name: a TFDS name, optionally with a config ("vitsam_shapes/small"). "vitsam_shapes" is
+      prepared into `data_dir` the first time (a few tens of seconds). Other datasets must already
+      be prepared there in array_record format unless `download` is True (then TFDS downloads and
+      prepares them, which may take hours for imagenet2012 and needs its manual files).
+    split: a TFDS split, sub-splits allowed ("train[:90%]").
+    data_dir: TFDS data dir; None means TFDS's default (~/tensorflow_datasets).
+    """
+    if data_dir is not None:
+        data_dir = os.path.expanduser(os.fspath(data_dir))
+    if name.split("/")[0] == SHAPES_NAME:
+        from vitsam.data import shapes_builder  # registers the builder with TFDS
+
+        config = name.split("/", 1)[1] if "/" in name else "default"
+        builder = shapes_builder.prepare_shapes(data_dir, config)
+    else:
+        try:
+            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        except tfds.core.registered.DatasetNotFoundError:
+            raise ValueError(
+                f"unknown TFDS dataset {name!r}: neither a registered TFDS builder nor a prepared "
+                f"dataset in data_dir={data_dir!r}") from None
+        if not builder.is_prepared():
+            if not download:
+                raise FileNotFoundError(
+                    f"TFDS dataset {name!r} is not prepared in {builder.data_dir!s}. Prepare it "
+                    f"there in array_record format (tfds build {name} --file_format=array_record "
+                    f"--data_dir=...), or pass download=True to let TFDS download and prepare it.")
+            builder.download_and_prepare()
+    try:
+        return builder.as_data_source(split=split)
+    except ValueError as e:  # unknown split; TFDS lists the known ones
+        raise ValueError(f"dataset {name!r}: {e}") from None
+    except NotImplementedError as e:  # prepared as tfrecord, which has no random access
+        raise ValueError(
+            f"dataset {name!r} in {builder.data_dir!s} is not stored in a random-access format "
+            f"(array_record): {e}") from None
+
+
+def class_names(source, key: str = "label") -> list[str]:
+    """Names of the ClassLabel feature `key` of a TFDS source."""
+    feature = _features(source)
+    for part in key.split("/"):
+        feature = feature[part]
+        if isinstance(feature, tfds.features.Sequence):
+            feature = feature.feature
+    if not isinstance(feature, tfds.features.ClassLabel):
+        raise ValueError(f"feature {key!r} is a {type(feature).__name__}, not a ClassLabel")
+    return list(feature.names)
+
+
+def num_classes(source, key: str = "label") -> int:
+    return len(class_names(source, key))
+
+
+def _features(source) -> tfds.features.FeaturesDict:
+    info = getattr(source, "dataset_info", None)
+    if info is None:
+        raise ValueError(f"{type(source).__name__} is not a TFDS data source (no dataset_info)")
+    return info.features
+
+
+class _SkipDecoding(tfds.decode.SkipDecoding):
+    """SkipDecoding that also works inside a Sequence on the NumPy path (tfds 4.9.10 lacks the
+    batch methods there)."""
+
+    def decode_batch_example_np(self, serialized_example):
+        return serialized_example
+
+    def decode_ragged_example_np(self, serialized_example):
+        return serialized_example
+
+
+def _skip_all(feature):
+    if isinstance(feature, tfds.features.FeaturesDict):
+        return {k: _skip_all(v) for k, v in feature.items()}
+    if isinstance(feature, tfds.features.Sequence):
+        return _skip_all(feature.feature)
+    return _SkipDecoding()
+
+
+def _decode_only(source, keys: Sequence[str]):
+    """The same TFDS source, decoding only the top-level features `keys` (e.g. no masks for a
+    classifier). Sources that are not TFDS ones, or have their own decoders, are returned as is."""
+    info = getattr(source, "dataset_info", None)
+    if info is None or not hasattr(source, "decoders") or source.decoders is not None:
+        return source
+    features = info.features
+    missing = [k for k in keys if k not in features]
+    if missing:
+        raise ValueError(f"dataset {info.name!r} has no feature {missing}; it has {list(features)}")
+    skip = {k: _skip_all(f) for k, f in features.items() if k not in keys}
+    return dataclasses.replace(source, decoders=skip) if skip else source
+
+
+@dataclasses.dataclass(frozen=True)
+class InMemorySource:
+    """Decoded features held as stacked NumPy arrays: a random-access source for small datasets
+    (vitsam_shapes train: 12,000 x 64 x 64 x 3 uint8 = 147 MB), which skips the per-read record
+    parsing and PNG decoding. Keeps the TFDS `dataset_info` for class names."""
+
+    columns: dict[str, np.ndarray]
+    dataset_info: Any = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {k: v[index] for k, v in self.columns.items()}
+
+
+def cache_in_memory(source, keys: Sequence[str] = ("image", "label")) -> InMemorySource:
+    """Reads and decodes the features `keys` of every example once (images of one size only)."""
+    light = _decode_only(source, list(keys))
+    records = [light[i] for i in range(len(light))]
+    columns = {}
+    for key in keys:
+        values = [np.asarray(r[key]) for r in records]
+        shapes_seen = {v.shape for v in values}
+        if len(shapes_seen) > 1:
+            raise ValueError(f"cannot cache {key!r}: examples have several shapes "
+                             f"({sorted(shapes_seen)[:3]} ...); read from the source instead")
+        columns[key] = np.stack(values)
+    return InMemorySource(columns, getattr(source, "dataset_info", None))
+
+
+# ----------------------------------------------------------------------------- order
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, "
+                         f"{process_count}")
+    return process_index, process_count
+
+
+def _index_dataset(num_examples: int, batch_size: int, *, train: bool, seed: int,
+                   num_epochs: int | None, process_index: int,
+                   process_count: int) -> grain.MapDataset:
+    """MapDataset of (example index, is real) pairs for this process, in the order to read."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if train:
+        per_process = num_examples // process_count  # equal shards keep the epochs in step
+        if per_process < batch_size:
+            raise ValueError(f"{num_examples} examples over {process_count} processes cannot "
+                             f"fill one batch of {batch_size}")
+        ds = grain.MapDataset.range(per_process * process_count)[process_index::process_count]
+        ds = ds.shuffle(seed=seed).repeat(num_epochs)  # shuffle uses seed + epoch
+        return ds.map(lambda i: (int(i), True))
+    if num_examples == 0:
+        raise ValueError("the eval split is empty")
+    # Pad to whole batches on every process; padded slots read a real example, flagged False.
+    per_step = batch_size * process_count
+    padded = -(-num_examples // per_step) * per_step
+    ds = grain.MapDataset.range(padded)[process_index::process_count]
+    return ds.map(lambda i: (int(i) % num_examples, int(i) < num_examples))
+
+
+def _element_seed(seed: int, process_index: int) -> int:
+    """A 32-bit seed for per-example randomness, distinct per process."""
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+
+
+def _finish(ds: grain.MapDataset, batch_size: int, *, train: bool, num_threads: int,
+            prefetch: int, worker_count: int):
+    # Batch before to_iter_dataset: each element is then a whole batch, so threads and worker
+    # processes split work by batch and the order never depends on their number.
+    ds = ds.batch(batch_size, drop_remainder=train)
+    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                   prefetch_buffer_size=prefetch))
+    if worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            # Starting grain workers reads absl flags, which raises unless they were parsed (as
+            # absl.app.run does); their defaults are what we want.
+            flags.FLAGS.mark_as_parsed()
+        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=worker_count, per_worker_buffer_size=max(1, prefetch)))
+    return iter(iter_ds)
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClassificationExample:
+    """(index, is_real), rng -> {"image" (S, S, 3) float32, "label" int32, "mask" bool}."""
+
+    source: Any
+    image_size: int
+    train: bool
+    crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
+    flip: bool
+    eval_crop_fraction: float
+    mean: Any
+    std: Any
+    image_key: str
+    label_key: str
+
+    def __call__(self, element, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        index, is_real = element
+        record = self.source[index]
+        image = transforms.to_rgb(record[self.image_key])
+        if self.train:
+            image = transforms.random_resized_crop(image, rng, self.image_size, self.crop_scale,
+                                                   self.crop_ratio)
+            if self.flip and rng.random() < 0.5:
+                image = transforms.horizontal_flip(image)
+        else:
+            image = transforms.resize_center_crop(image, self.image_size, self.eval_crop_fraction)
+        return {
+            "image": transforms.normalize(image, self.mean, self.std),
+            "label": np.int32(record[self.label_key]),
+            "mask": np.bool_(is_real),
+            "index": np.int32(index),
+        }
+
+
+def make_iterator(source, batch_size: int, image_size: int, *, train: bool, seed: int = 0,
+                  num_epochs: int | None = None, process_index: int | None = None,
+                  process_count: int | None = None,
+                  crop_scale: tuple[float, float] | None = None,
+                  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True,
+                  eval_crop_fraction: float = 1.0,
+                  mean: float | Sequence[float] = 127.5, std: float | Sequence[float] = 127.5,
+                  num_threads: int = 2, prefetch: int = 4, worker_count: int = 0,
+                  image_key: str = "image", label_key: str = "label"):
+    """Batches for image classification (see the module docstring for order and sharding).
+
+    Yields {"image": (b, S, S, 3) float32 (x - mean) / std, "label": (b,) int32, "mask": (b,) bool,
+    "index": (b,) int32} with b = batch_size (per process) and S = image_size. Train: random resized crop (area
+    fraction `crop_scale`, default DATASET_CROP_SCALE or (0.08, 1); aspect `crop_ratio`) and a
+    random horizontal flip. Eval: the central square of side eval_crop_fraction x shorter side,
+    resized to S (0.875 is the usual ImageNet 256 -> 224 crop). Grayscale images become RGB.
+    process_index / process_count default to jax.process_index() / jax.process_count().
+    The iterator has get_state() -> dict (JSON-serializable) and set_state(dict).
+    """
+    process_index, process_count = _process(process_index, process_count)
+    if crop_scale is None:
+        name = getattr(getattr(source, "dataset_info", None), "name", None)
+        crop_scale = DATASET_CROP_SCALE.get(name, DEFAULT_CROP_SCALE)
+    source = _decode_only(source, [image_key, label_key])
+    ds = _index_dataset(len(source), batch_size, train=train, seed=seed, num_epochs=num_epochs,
+                        process_index=process_index, process_count=process_count)
+    example = _ClassificationExample(
+        source=source, image_size=image_size, train=train, crop_scale=tuple(crop_scale),
+        crop_ratio=tuple(crop_ratio), flip=flip, eval_crop_fraction=eval_crop_fraction,
+        mean=mean, std=std, image_key=image_key, label_key=label_key)
+    ds = ds.random_map(example, seed=_element_seed(seed, process_index))
+    return _finish(ds, batch_size, train=train, num_threads=num_threads, prefetch=prefetch,
+                   worker_count=worker_count)
+
+
+# ----------------------------------------------------------------------------- instances (SAM)
+
+
+@dataclasses.dataclass(frozen=True)
+class _InstanceExample:
+    """(index, is_real), rng -> fixed-shape image, instance masks, boxes and labels."""
+
+    source: Any
+    image_size: int
+    max_masks: int
+    train: bool
+    flip: bool
+
+    def __call__(self, element, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        index, is_real = element
+        record = self.source[index]
+        size, k = self.image_size, self.max_masks
+        image = transforms.to_rgb(record["image"])
+        objects = record["objects"]
+        masks = [np.asarray(m).reshape(m.shape[:2]) != 0 for m in objects["mask"]]
+        labels = np.asarray(objects["label"], dtype=np.int32).reshape(-1)
+        if image.shape[:2] != (size, size):
+            image = transforms.resize(image, (size, size))
+            masks = [transforms.resize(m, (size, size), nearest=True) for m in masks]
+        if self.train and self.flip and rng.random() < 0.5:
+            image = transforms.horizontal_flip(image)
+            masks = [transforms.horizontal_flip(m) for m in masks]
+
+        out_masks = np.zeros((k, size, size), dtype=bool)
+        boxes = np.zeros((k, 4), dtype=np.float32)
+        out_labels = np.full((k,), -1, dtype=np.int32)
+        valid = np.zeros((k,), dtype=bool)
+        slot = 0
+        for mask, label in zip(masks, labels):
+            if slot == k:
+                break
+            if not mask.any():  # a tiny object can vanish when downscaled
+                continue
+            rows = np.flatnonzero(mask.any(axis=1))
+            cols = np.flatnonzero(mask.any(axis=0))
+            out_masks[slot] = mask
+            boxes[slot] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+            out_labels[slot] = label
+            valid[slot] = True
+            slot += 1
+        out = {"image": image, "masks": out_masks, "mask_valid": valid, "boxes": boxes,
+               "labels": out_labels, "mask": np.bool_(is_real), "index": np.int32(index)}
+        if "label" in record:
+            out["label"] = np.int32(record["label"])
+        return out
+
+
+def make_instance_iterator(source, batch_size: int, image_size: int, max_masks: int, *,
+                           train: bool, seed: int = 0, num_epochs: int | None = None,
+                           process_index: int | None = None, process_count: int | None = None,
+                           flip: bool = True, num_threads: int = 2, prefetch: int = 4,
+                           worker_count: int = 0):
+    """Batches of images with instance masks, for promptable segmentation (same order, sharding
+    and state as `make_iterator`).
+
+    The source needs "image" and "objects" with "mask" and "label" (as vitsam_shapes has). Yields
+      "image": (b, S, S, 3) uint8 (the model normalizes),
+      "masks": (b, max_masks, S, S) bool, "mask_valid": (b, max_masks) bool,
+      "boxes": (b, max_masks, 4) float32 [x0, y0, x1, y1] pixels of the S x S image, the tight box
+        of the mask (x1, y1 exclusive: last column / row + 1); zeros where not valid,
+      "labels": (b, max_masks) int32 object classes, -1 where not valid,
+      "label": (b,) int32 image label when the source has one, "mask": (b,) bool real example,
+      "index": (b,) int32 position in the split.
+    Objects keep their stored order (vitsam_shapes: the main shape first) and the first max_masks
+    are kept. Images are resized to S x S (bilinear; masks nearest) and, in training, flipped
+    horizontally at random; boxes are computed from the final masks.
+    """
+    if max_masks <= 0:
+        raise ValueError(f"max_masks must be positive, got {max_masks}")
+    features = _features(source)
+    if "objects" not in features or not isinstance(features["objects"], tfds.features.Sequence) \
+            or "mask" not in features["objects"].feature:
+        raise ValueError(f"dataset {source.dataset_info.name!r} has no objects/mask feature")
+    process_index, process_count = _process(process_index, process_count)
+    keys = ["image", "objects"] + (["label"] if "label" in features else [])
+    source = _decode_only(source, keys)
+    ds = _index_dataset(len(source), batch_size, train=train, seed=seed, num_epochs=num_epochs,
+                        process_index=process_index, process_count=process_count)
+    example = _InstanceExample(source=source, image_size=image_size, max_masks=max_masks,
+                               train=train, flip=flip)
+    ds = ds.random_map(example, seed=_element_seed(seed, process_index))
+    return _finish(ds, batch_size, train=train, num_threads=num_threads, prefetch=prefetch,
+                   worker_count=worker_count)
