@@ -18,6 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from train import loop
+from vitsam.checkpoint import model_spec, write_model_spec
 from vitsam.models import vit_variant
 
 _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "vit_shapes.py"
@@ -95,7 +96,7 @@ def train(cfg, workdir) -> dict:
     """Validate everything cheap first (workdir, dataset, model config), then train."""
     from vitsam.data import pipeline
 
-    loop.prepare_workdir(workdir)
+    workdir = loop.prepare_workdir(workdir)
     d = cfg.data
     train_source = pipeline.open_source(name=d.name, split=d.train_split, data_dir=d.data_dir)
     eval_source = pipeline.open_source(name=d.name, split=d.eval_split, data_dir=d.data_dir)
@@ -103,6 +104,9 @@ def train(cfg, workdir) -> dict:
     if d.cache_in_memory:  # small datasets: decode every image once, then read from RAM
         train_source, eval_source = pipeline.cache_in_memory(train_source), pipeline.cache_in_memory(eval_source)
     model, initial_params = build_model(cfg, num_classes)
+    if jax.process_index() == 0:
+        write_model_spec(workdir, model_spec("vit", model, class_names=pipeline.class_names(train_source),
+                                             dataset=d.name))
     return loop.run(cfg, workdir, classification_task(cfg, model, train_source, eval_source, initial_params))
 
 

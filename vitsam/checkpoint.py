@@ -75,3 +75,61 @@ class Checkpointer:
 def abstract_like(tree):
     """The restore target for `tree`: shapes, dtypes and shardings without the data."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+# ----------------------------------------------------------------------------- trained models
+
+MODEL_SPEC = "model.json"
+
+
+def model_spec(kind: str, model, **extra) -> dict:
+    """A JSON description of a Linen model (its constructor fields) that `load_trained` rebuilds it from."""
+    fields = {}
+    for name in model.__dataclass_fields__:
+        if name in ("parent", "name"):
+            continue
+        value = getattr(model, name)
+        if value is None or isinstance(value, (bool, int, float, str, list, tuple)):
+            fields[name] = value
+        elif hasattr(value, "dtype") or isinstance(value, type):  # a dtype such as jnp.bfloat16
+            fields[name] = {"dtype": jax.numpy.dtype(value).name}
+        # callables (initialisers, activations given as functions) are left at their defaults
+    return {"kind": kind, "fields": fields, **extra}
+
+
+def write_model_spec(workdir, spec: dict) -> None:
+    import json
+
+    Path(workdir, MODEL_SPEC).write_text(json.dumps(spec, indent=1))
+
+
+def load_trained(workdir, *, step: int | None = None):
+    """(model, variables, spec) from a trainer's workdir: the newest readable checkpoint (or `step`)."""
+    import json
+
+    from vitsam import models
+
+    workdir = Path(workdir)
+    spec_path = workdir / MODEL_SPEC
+    if not spec_path.exists():
+        raise FileNotFoundError(f"{workdir} is not a vitsam training workdir (no {MODEL_SPEC})")
+    spec = json.loads(spec_path.read_text())
+    fields = {k: (jax.numpy.dtype(v["dtype"]) if isinstance(v, dict) and "dtype" in v
+                  else tuple(v) if isinstance(v, list) else v)
+              for k, v in spec["fields"].items()}
+    builders = {"vit": models.VisionTransformer, "sam": getattr(models, "Sam", None)}
+    if builders.get(spec["kind"]) is None:
+        raise ValueError(f"unknown model kind {spec['kind']!r} in {spec_path}")
+    model = builders[spec["kind"]](**fields)
+    ckpt = Checkpointer(workdir / "checkpoints", every=1, async_save=False)
+    steps = sorted(ckpt.manager.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    for s in steps:
+        try:
+            state, _ = ckpt.read(s)
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"skipping unreadable checkpoint at step {s}: {type(e).__name__}: {e}", stacklevel=2)
+            continue
+        return model, {"params": state["params"]}, spec | {"step": s}
+    raise FileNotFoundError(f"no readable checkpoint in {workdir / 'checkpoints'}")

@@ -122,7 +122,7 @@ def decode_variant(name: str) -> dict:
     """"B/16" -> the size fields of that variant (width, depth, mlp_dim, num_heads, patch_size)."""
     if name not in VARIANTS:
         size, _, patch = name.partition("/")
-        if not (size in SIZES and patch.isdigit()):
+        if not (size in SIZES and patch.isdigit() and int(patch) > 0):
             raise ValueError(f"unknown ViT variant {name!r}; valid: {', '.join(VARIANTS)}")
     size, patch = name.split("/")
     width, depth, mlp_dim, heads = SIZES[size]

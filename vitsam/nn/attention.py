@@ -69,7 +69,8 @@ class MultiHeadAttention(nn.Module):
     """k-head attention with Q/K/V projections and an output projection back to D.
 
     Self-attention: `mha(x)`. Cross-attention: `mha(x_q, x_kv)`, queries from one sequence and keys/values
-    from another. Inputs (B, T, D) and (B, S, D_kv); output (B, T, out_features or D).
+    from another; `inputs_v=` gives the values a different input than the keys (B, S, D_kv).
+    Inputs (B, T, D) and (B, S, D_kv); output (B, T, out_features or D).
 
     Parameters (the layout of Flax's MultiHeadDotProductAttention and of published ViT checkpoints):
     `query`, `key`, `value` kernels (D, H, Dh) with biases (H, Dh); `out` kernel (H, Dh, D_out), bias (D_out,).
@@ -90,10 +91,13 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray | None = None, *,
+                 inputs_v: jnp.ndarray | None = None,
                  bias: jnp.ndarray | None = None, mask: jnp.ndarray | None = None) -> jnp.ndarray:
         inputs_kv = inputs_q if inputs_kv is None else inputs_kv
-        if inputs_q.ndim != 3 or inputs_kv.ndim != 3:
-            raise ValueError(f"MultiHeadAttention expects (B, T, D) inputs, got {inputs_q.shape} and {inputs_kv.shape}")
+        inputs_v = inputs_kv if inputs_v is None else inputs_v  # SAM: keys carry a positional term, values not
+        if inputs_q.ndim != 3 or inputs_kv.ndim != 3 or inputs_v.shape != inputs_kv.shape:
+            raise ValueError(f"MultiHeadAttention expects (B, T, D) inputs, got {inputs_q.shape} and {inputs_kv.shape}"
+                             f" (values {inputs_v.shape})")
         features = self.qkv_features or inputs_q.shape[-1]
         if features % self.num_heads:
             raise ValueError(f"attention dim {features} is not divisible by the number of heads {self.num_heads}")
@@ -101,7 +105,7 @@ class MultiHeadAttention(nn.Module):
         proj = lambda name: nn.DenseGeneral(  # noqa: E731
             (self.num_heads, head_dim), use_bias=self.use_bias, kernel_init=self.kernel_init,
             dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        q, k, v = proj("query")(inputs_q), proj("key")(inputs_kv), proj("value")(inputs_kv)
+        q, k, v = proj("query")(inputs_q), proj("key")(inputs_kv), proj("value")(inputs_v)
         impl = "einsum" if self.sow_weights else self.implementation
         out = dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl, return_weights=self.sow_weights)
         if self.sow_weights:

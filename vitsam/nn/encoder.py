@@ -47,7 +47,9 @@ class EncoderBlock(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, deterministic: bool = True, drop_path_rate=0.0) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, deterministic: bool = True, drop_path_rate=0.0,
+                 mask: jnp.ndarray | None = None) -> jnp.ndarray:
+        """`mask`: optional boolean, broadcastable to (B, heads, N, N), True where a token may attend."""
         if x.ndim != 3:
             raise ValueError(f"EncoderBlock expects tokens (B, N, D), got shape {x.shape}")
         norm = lambda name: nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
@@ -61,7 +63,7 @@ class EncoderBlock(nn.Module):
         y = MultiHeadAttention(
             self.num_heads, implementation=self.attention_impl, sow_weights=self.sow_weights,
             dtype=self.dtype, param_dtype=self.param_dtype, name="MultiHeadDotProductAttention_0",
-        )(norm("LayerNorm_0")(x))
+        )(norm("LayerNorm_0")(x), mask=mask)
         x = x + residual(y)
         y = Mlp(self.mlp_dim, activation=self.activation, dropout=self.dropout,
                 dtype=self.dtype, param_dtype=self.param_dtype, name="MlpBlock_0",
@@ -72,8 +74,8 @@ class EncoderBlock(nn.Module):
 class _ScanBlock(EncoderBlock):
     """EncoderBlock with the (carry, per-layer input) -> (carry, output) signature `nn.scan` wants."""
 
-    def __call__(self, x, drop_path_rate, deterministic):  # type: ignore[override]
-        return super().__call__(x, deterministic, drop_path_rate), None
+    def __call__(self, x, drop_path_rate, deterministic, mask=None):  # type: ignore[override]
+        return super().__call__(x, deterministic, drop_path_rate, mask), None
 
 
 class Encoder(nn.Module):
@@ -102,7 +104,8 @@ class Encoder(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, *, deterministic: bool = True) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, *, deterministic: bool = True, mask: jnp.ndarray | None = None) -> jnp.ndarray:
+        """`mask`: optional boolean attention mask, broadcastable to (B, heads, N, N) (e.g. padding keys)."""
         if self.depth < 1:
             raise ValueError(f"Encoder depth must be at least 1, got {self.depth}")
         rates = [self.drop_path * i / max(self.depth - 1, 1) for i in range(self.depth)]
@@ -117,14 +120,14 @@ class Encoder(nn.Module):
                 block,
                 variable_axes={"params": 0, "intermediates": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(0, nn.broadcast),
+                in_axes=(0, nn.broadcast, nn.broadcast),
                 length=self.depth,
             )
-            x, _ = scanned(name="encoderblock", **block_kw)(x, jnp.asarray(np.array(rates, np.float32)), deterministic)
+            x, _ = scanned(name="encoderblock", **block_kw)(x, jnp.asarray(np.array(rates, np.float32)), deterministic, mask)
         else:
             block = nn.remat(EncoderBlock, static_argnums=(2, 3)) if self.remat else EncoderBlock
             for i in range(self.depth):
-                x = block(name=f"encoderblock_{i}", **block_kw)(x, deterministic, rates[i])
+                x = block(name=f"encoderblock_{i}", **block_kw)(x, deterministic, rates[i], mask)
         if self.final_norm:
             x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="encoder_norm")(x)
         return x

@@ -1,0 +1,75 @@
+"""Converted checkpoints as orbax folders, and one loader for every kind of weights vitsam reads.
+
+A converted folder has the layout of a trainer's workdir: `model.json` (the model's fields) and
+`checkpoints/0/` (an orbax checkpoint of {"params": ...}), so `load_model` treats both alike and a
+trained run can be fine-tuned, evaluated or used for segmentation the same way as imported weights.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+
+from vitsam import checkpoint
+
+
+def export(model, variables: dict, dst, *, kind: str, **extra) -> Path:
+    """Write `variables["params"]` of `model` (kind "vit" or "sam") to the orbax folder `dst`."""
+    dst = Path(dst).absolute()
+    ckpt_dir = dst / "checkpoints"
+    if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        raise FileExistsError(f"{dst} already holds a checkpoint; choose an empty destination")
+    dst.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_model_spec(dst, checkpoint.model_spec(kind, model, **extra))
+    ckpt = checkpoint.Checkpointer(ckpt_dir, every=1, keep=1, async_save=False)
+    params = jax.tree.map(jax.numpy.asarray, variables["params"])
+    ckpt.save(0, {"params": params}, {}, force=True)
+    ckpt.close()
+    return dst
+
+
+def _is_sam_pth(path: Path) -> bool:
+    import torch
+
+    state = torch.load(path, map_location="meta", weights_only=True)
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    return any(str(k).startswith("image_encoder.") for k in state)
+
+
+def load_model(path, **overrides):
+    """(model, variables, kind) from any weights vitsam reads.
+
+    A folder: a converted checkpoint or a trainer's workdir (its newest readable checkpoint).
+    A file: official SAM .pth, vit_jax / big_vision .npz, timm .pth / .safetensors.
+    `overrides` go to the importers (e.g. `image_size=`, `num_classes=` for ViT files).
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        model, variables, spec = checkpoint.load_trained(path)
+        return model, variables, spec["kind"]
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    from vitsam.convert.sam import load_sam_checkpoint
+    from vitsam.convert.vit import load_vit_checkpoint
+
+    if path.suffix == ".pth" and _is_sam_pth(path):
+        return (*load_sam_checkpoint(path, **overrides), "sam")
+    if path.suffix in (".pth", ".pt", ".bin", ".npz", ".safetensors"):
+        return (*load_vit_checkpoint(path, **overrides), "vit")
+    raise ValueError(f"unrecognised checkpoint {path}: expected a folder, .pth, .npz or .safetensors")
+
+
+def convert(src, dst, **overrides) -> tuple[Path, dict]:
+    """Import `src` (see `load_model`) and write it as an orbax folder `dst`. Returns (dst, timings in s)."""
+    t0 = time.perf_counter()
+    model, variables, kind = load_model(src, **overrides)
+    t1 = time.perf_counter()
+    export(model, variables, dst, kind=kind, source=str(src))
+    t2 = time.perf_counter()
+    load_model(dst)
+    t3 = time.perf_counter()
+    return Path(dst), {"import": t1 - t0, "write": t2 - t1, "load_converted": t3 - t2}
