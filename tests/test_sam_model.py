@@ -1,0 +1,245 @@
+"""SAM model: shapes, official parameter counts, prompt semantics, text prompts, other input sizes (tiny variant, CPU).
+
+Parity with the official PyTorch code is in test_sam_parity.py (marker `parity`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vitsam import count_params
+from vitsam.models import sam_init, sam_variant
+from vitsam.models.sam.image_encoder import (RelPosAttention, relative_position_table, resize_linear_1d,
+                                             window_partition, window_unpartition)
+from vitsam.models.sam.text_encoder import split_words, tokenize, word_id
+
+OFFICIAL_COUNTS = {"vit_b": 93_735_472, "vit_l": 312_342_832, "vit_h": 641_090_608}
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = sam_variant("tiny")
+    variables = jax.jit(lambda r: sam_init(model, r))(jax.random.PRNGKey(0))
+    images = jax.random.normal(jax.random.PRNGKey(1), (2, model.image_size, model.image_size, 3))
+    emb = jax.jit(lambda v, x: model.apply(v, x, method=model.encode_image))(variables, images)
+    decode = jax.jit(lambda v, *args, multimask: model.apply(v, *args, multimask_output=multimask, method=model.decode),
+                     static_argnames="multimask")
+    return model, variables, emb, decode
+
+
+def _points(n_pad=0, labels=(1, 0, 1)):
+    coords = np.array([[[30.0, 40.0], [200.0, 120.0], [90.5, 250.0]],
+                       [[128.0, 128.0], [10.0, 240.0], [60.0, 60.0]]], np.float32)[:, :len(labels)]
+    lab = np.tile(np.array(labels, np.int32), (2, 1))
+    if n_pad:  # padding points at arbitrary positions: their coordinates must not matter
+        coords = np.concatenate([coords, np.full((2, n_pad, 2), 77.0, np.float32)], axis=1)
+        lab = np.concatenate([lab, np.full((2, n_pad), -1, np.int32)], axis=1)
+    return jnp.asarray(coords), jnp.asarray(lab)
+
+
+BOXES = jnp.array([[20.0, 30.0, 180.0, 200.0], [5.0, 60.0, 120.0, 250.0]])
+
+
+def test_shapes_and_properties(tiny):
+    model, variables, emb, decode = tiny
+    assert (model.image_size, model.mask_input_size) == (256, 64)
+    assert emb.shape == (2, 16, 16, model.prompt_dim)
+    coords, labels = _points()
+    for multimask, c in ((True, 3), (False, 1)):
+        logits, iou = decode(variables, emb, coords, labels, None, None, None, multimask=multimask)
+        assert logits.shape == (2, c, 64, 64) and iou.shape == (2, c)
+        assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+    assert variables["constants"]["prompt_encoder"]["pe_gaussian"].shape == (2, model.prompt_dim // 2)
+    assert sam_variant("vit_h").mask_input_size == 256 and sam_variant("vit_h").image_size == 1024
+
+
+def test_multimask_is_masks_1_to_3_and_single_is_mask_0(tiny):
+    """Both outputs come from one decoder pass: an untruncated model with 4 multimask outputs shows all."""
+    model, variables, emb, decode = tiny
+    coords, labels = _points()
+    multi, iou_multi = decode(variables, emb, coords, labels, None, None, None, multimask=True)
+    single, iou_single = decode(variables, emb, coords, labels, None, None, None, multimask=False)
+    assert not np.allclose(single[:, 0], multi[:, 0])
+    bound = model.bind(variables)
+    sparse = bound.prompt_encoder.embed_points(jnp.concatenate([coords, jnp.zeros((2, 1, 2))], 1),
+                                               jnp.concatenate([labels, -jnp.ones((2, 1), jnp.int32)], 1), (256, 256))
+    all_masks, all_iou = bound.mask_decoder(emb, bound.prompt_encoder.dense_pe(16, 16), sparse,
+                                            bound.prompt_encoder.no_mask(2, 16, 16))
+    np.testing.assert_allclose(multi, all_masks[:, 1:], **TOL)
+    np.testing.assert_allclose(single, all_masks[:, :1], **TOL)
+    np.testing.assert_allclose(iou_multi, all_iou[:, 1:], **TOL)
+    np.testing.assert_allclose(iou_single, all_iou[:, :1], **TOL)
+
+
+@pytest.mark.parametrize("n_pad", [1, 3])
+def test_padding_points_do_not_change_result(tiny, n_pad):
+    model, variables, emb, decode = tiny
+    ref = decode(variables, emb, *_points(0), None, None, None, multimask=True)
+    out = decode(variables, emb, *_points(n_pad), None, None, None, multimask=True)
+    for a, b in zip(out, ref):
+        np.testing.assert_allclose(a, b, **TOL)
+    # with a box, padding points are masked out entirely
+    ref_box = decode(variables, emb, *_points(0), BOXES, None, None, multimask=True)
+    out_box = decode(variables, emb, *_points(n_pad), BOXES, None, None, multimask=True)
+    for a, b in zip(out_box, ref_box):
+        np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_padding_changes_nothing_but_a_real_point_does(tiny):
+    """Guards the padding test against a decoder that ignores its prompts."""
+    model, variables, emb, decode = tiny
+    a, _ = decode(variables, emb, *_points(0, labels=(1, 0)), None, None, None, multimask=True)
+    b, _ = decode(variables, emb, *_points(0, labels=(1, 0, 1)), None, None, None, multimask=True)
+    assert float(jnp.abs(a - b).max()) > 1e-3
+
+
+def test_box_equals_its_corners_as_points_2_and_3(tiny):
+    model, variables, emb, decode = tiny
+    corners = BOXES.reshape(2, 2, 2)
+    labels = jnp.tile(jnp.array([[2, 3]], jnp.int32), (2, 1))
+    for multimask in (True, False):
+        by_box = decode(variables, emb, None, None, BOXES, None, None, multimask=multimask)
+        by_points = decode(variables, emb, corners, labels, None, None, None, multimask=multimask)
+        for a, b in zip(by_box, by_points):
+            np.testing.assert_allclose(a, b, **TOL)
+    # and points + box equals points + corner points
+    coords, plab = _points()
+    mixed_box = decode(variables, emb, coords, plab, BOXES, None, None, multimask=True)
+    mixed_pts = decode(variables, emb, jnp.concatenate([coords, corners], 1), jnp.concatenate([plab, labels], 1),
+                       None, None, None, multimask=True)
+    for a, b in zip(mixed_box, mixed_pts):
+        np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_mask_input_path(tiny):
+    """With a mask, the dense prompt comes from the mask convs (no_mask_embed unused); without, the reverse."""
+    model, variables, emb, decode = tiny
+    coords, labels = _points()
+    mask = jax.random.normal(jax.random.PRNGKey(5), (2, 64, 64, 1)) * 4.0
+    no_mask = decode(variables, emb, coords, labels, None, None, None, multimask=True)
+    with_mask = decode(variables, emb, coords, labels, None, mask, None, multimask=True)
+    assert float(jnp.abs(no_mask[0] - with_mask[0]).max()) > 1e-3
+
+    def perturbed(name):
+        params = jax.tree_util.tree_map(lambda x: x, variables["params"])
+        params["prompt_encoder"][name] = jax.tree_util.tree_map(lambda x: x + 0.5, params["prompt_encoder"][name])
+        return dict(variables, params=params)
+
+    v_nomask, v_conv = perturbed("no_mask_embed"), perturbed("mask_conv3")
+    np.testing.assert_allclose(decode(v_nomask, emb, coords, labels, None, mask, None, multimask=True)[0], with_mask[0], **TOL)
+    np.testing.assert_allclose(decode(v_conv, emb, coords, labels, None, None, None, multimask=True)[0], no_mask[0], **TOL)
+    assert float(jnp.abs(decode(v_nomask, emb, coords, labels, None, None, None, multimask=True)[0] - no_mask[0]).max()) > 1e-3
+    assert float(jnp.abs(decode(v_conv, emb, coords, labels, None, mask, None, multimask=True)[0] - with_mask[0]).max()) > 1e-3
+
+
+def test_no_prompt_at_all_runs(tiny):
+    model, variables, emb, decode = tiny
+    logits, iou = decode(variables, emb, None, None, None, None, None, multimask=False)
+    assert logits.shape == (2, 1, 64, 64) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_text_prompt_runs_and_padding_words_do_not_matter(tiny):
+    model, variables, emb, decode = tiny
+    ids16 = jnp.asarray(model.tokenize(["the red car", "A dog, on the left"]))
+    assert ids16.shape == (2, model.text_max_len)
+    ids8 = ids16[:, :8]  # same words, less padding
+    out16 = decode(variables, emb, None, None, None, None, ids16, multimask=True)
+    out8 = decode(variables, emb, None, None, None, None, ids8, multimask=True)
+    for a, b in zip(out8, out16):
+        np.testing.assert_allclose(a, b, **TOL)
+    other = decode(variables, emb, None, None, None, None, jnp.asarray(model.tokenize(["the blue car", "a cat"])),
+                   multimask=True)
+    assert float(jnp.abs(other[0] - out16[0]).max()) > 1e-4
+    # text combines with points
+    coords, labels = _points()
+    logits, _ = decode(variables, emb, coords, labels, None, None, ids16, multimask=False)
+    assert logits.shape == (2, 1, 64, 64)
+    # the official architecture has no text encoder
+    model_b = sam_variant("tiny", text=False)
+    with pytest.raises(ValueError, match="no text encoder"):
+        model_b.apply({"params": {}}, emb, text_ids=ids16, method=model_b.decode)
+
+
+def test_tokenizer():
+    ids = tokenize(["Red CAR!", "red car", "red, car"], vocab_size=1000, max_len=4)
+    assert ids.dtype == np.int32 and ids.shape == (3, 4)
+    assert (ids[0] == ids[1]).all() and (ids[1] == ids[2]).all()
+    assert (ids[:, 2:] == 0).all() and (ids[:, :2] > 0).all() and (ids < 1000).all()
+    assert split_words("A dog's toy, 2x") == ["a", "dog", "s", "toy", "2x"]
+    assert tokenize("one two three four five six", 50, 3).tolist() == [[word_id(w, 50) for w in ("one", "two", "three")]]
+    assert len({word_id(w, 1 << 20) for w in ("cat", "dog", "car", "tree")}) == 4
+
+
+@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
+def test_official_parameter_counts(name):
+    model = sam_variant(name)
+    shapes = jax.eval_shape(lambda r: sam_init(model, r), jax.random.PRNGKey(0))
+    assert count_params(shapes["params"]) == OFFICIAL_COUNTS[name]
+    assert set(shapes) == {"params", "constants"}  # the Fourier Gaussian is not trainable
+    if name == "vit_b":  # the text encoder is optional and counted apart
+        with_text = jax.eval_shape(lambda r: sam_init(sam_variant(name, text=True), r), jax.random.PRNGKey(0))
+        text = count_params(with_text["params"]["text_encoder"])
+        assert text > 0 and count_params(with_text["params"]) == OFFICIAL_COUNTS[name] + text
+
+
+@pytest.mark.parametrize("side", [128, 320])
+def test_other_input_sizes(tiny, side):
+    """The encoder interpolates the absolute table and the global blocks' relative tables; decode follows."""
+    model, variables, _, decode = tiny
+    images = jax.random.normal(jax.random.PRNGKey(2), (1, side, side, 3))
+    emb = model.apply(variables, images, method=model.encode_image)
+    g = side // 16
+    assert emb.shape == (1, g, g, model.prompt_dim) and bool(jnp.all(jnp.isfinite(emb)))
+    logits, iou = model.apply(variables, emb, jnp.array([[[side / 2, side / 3]]]), jnp.array([[1]]), None,
+                              jnp.zeros((1, 4 * g, 4 * g, 1)), method=model.decode)
+    assert logits.shape == (1, 3, 4 * g, 4 * g) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_resize_linear_matches_half_pixel_linear_interpolation():
+    table = jax.random.normal(jax.random.PRNGKey(3), (31, 5))
+    for size in (63, 17, 31):
+        ref = jax.image.resize(table, (size, 5), method="linear", antialias=False)
+        np.testing.assert_allclose(resize_linear_1d(table, size), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_window_partition_roundtrip():
+    x = jax.random.normal(jax.random.PRNGKey(4), (2, 10, 13, 3))
+    windows, padded = window_partition(x, 4)
+    assert windows.shape == (2 * 3 * 4, 4, 4, 3) and padded == (12, 16)
+    np.testing.assert_array_equal(window_unpartition(windows, 4, padded, (10, 13)), x)
+    np.testing.assert_array_equal(windows[1], x[0, 0:4, 4:8])  # window (0, 1) of image 0
+
+
+def test_relative_position_attention_against_naive_loops():
+    """logits[q, k] = q·k/√d + q·R_h[qy − ky + S − 1] + q·R_w[qx − kx + S − 1], written out with loops."""
+    h = w = 3
+    heads, dim = 2, 8
+    layer = RelPosAttention(heads, rel_size=h)
+    x = jax.random.normal(jax.random.PRNGKey(6), (1, h, w, dim))
+    params = layer.init(jax.random.PRNGKey(7), x)["params"]
+    params["rel_pos_h"] = jax.random.normal(jax.random.PRNGKey(8), params["rel_pos_h"].shape)
+    params["rel_pos_w"] = jax.random.normal(jax.random.PRNGKey(9), params["rel_pos_w"].shape)
+    out = layer.apply({"params": params}, x)
+
+    p = jax.tree_util.tree_map(np.asarray, params)
+    xs = np.asarray(x, np.float64).reshape(h * w, dim)
+    qkv = xs @ p["qkv"]["kernel"] + p["qkv"]["bias"]
+    dh = dim // heads
+    res = np.zeros((h * w, dim))
+    for n in range(heads):
+        q, k, v = (qkv[:, i * dim + n * dh: i * dim + (n + 1) * dh] for i in range(3))
+        logits = np.zeros((h * w, h * w))
+        for a in range(h * w):
+            for b in range(h * w):
+                (qy, qx), (ky, kx) = divmod(a, w), divmod(b, w)
+                logits[a, b] = (q[a] @ k[b] / np.sqrt(dh) + q[a] @ p["rel_pos_h"][qy - ky + h - 1]
+                                + q[a] @ p["rel_pos_w"][qx - kx + w - 1])
+        att = np.exp(logits - logits.max(1, keepdims=True))
+        res[:, n * dh:(n + 1) * dh] = (att / att.sum(1, keepdims=True)) @ v
+    ref = res @ p["proj"]["kernel"] + p["proj"]["bias"]
+    np.testing.assert_allclose(np.asarray(out).reshape(h * w, dim), ref, rtol=1e-4, atol=1e-5)
+    assert relative_position_table(params["rel_pos_h"], h).shape == (h, h, dh)

@@ -1,0 +1,12 @@
+"""Importers for official checkpoints (SAM .pth, ViT .npz / timm). PyTorch is only imported inside the loaders."""
+
+from vitsam.convert.sam import (infer_sam_config, load_sam_checkpoint, model_from_state_dict, sam_key_map,
+                                sam_state_dict_to_variables)
+from vitsam.convert.export import convert, export, load_model
+from vitsam.convert.vit import load_vit_checkpoint, resample_position_embedding, vit_params_from_state_dict
+
+__all__ = [
+    "convert", "export", "infer_sam_config", "load_model", "load_sam_checkpoint", "load_vit_checkpoint",
+    "model_from_state_dict", "resample_position_embedding", "sam_key_map", "sam_state_dict_to_variables",
+    "vit_params_from_state_dict",
+]
