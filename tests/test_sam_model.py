@@ -20,10 +20,27 @@ OFFICIAL_COUNTS = {"vit_b": 93_735_472, "vit_l": 312_342_832, "vit_h": 641_090_6
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
+def random_variables(model, seed=0):
+    """Variables shaped by `sam_init` (eval_shape), every tensor drawn with numpy: no zero tables (rel-pos,
+    biases) that could hide a bug, and no RNG kernels to compile (XLA's threefry compiles slowly on CPU)."""
+    shapes = jax.eval_shape(lambda r: sam_init(model, r), jax.random.PRNGKey(0))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        r = rng.standard_normal(leaf.shape).astype(np.float32)
+        if "scale" in name:  # LayerNorm
+            return 1.0 + 0.1 * r
+        if leaf.ndim == 1 and "embed" not in name:
+            return 0.1 * r
+        return r / np.sqrt(max(np.prod(leaf.shape[:-1]), 1)) if leaf.ndim > 1 else r
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     model = sam_variant("tiny")
-    variables = jax.jit(lambda r: sam_init(model, r))(jax.random.PRNGKey(0))
+    variables = random_variables(model)
     images = jax.random.normal(jax.random.PRNGKey(1), (2, model.image_size, model.image_size, 3))
     emb = jax.jit(lambda v, x: model.apply(v, x, method=model.encode_image))(variables, images)
     decode = jax.jit(lambda v, *args, multimask: model.apply(v, *args, multimask_output=multimask, method=model.decode),
@@ -64,11 +81,14 @@ def test_multimask_is_masks_1_to_3_and_single_is_mask_0(tiny):
     multi, iou_multi = decode(variables, emb, coords, labels, None, None, None, multimask=True)
     single, iou_single = decode(variables, emb, coords, labels, None, None, None, multimask=False)
     assert not np.allclose(single[:, 0], multi[:, 0])
-    bound = model.bind(variables)
-    sparse = bound.prompt_encoder.embed_points(jnp.concatenate([coords, jnp.zeros((2, 1, 2))], 1),
-                                               jnp.concatenate([labels, -jnp.ones((2, 1), jnp.int32)], 1), (256, 256))
-    all_masks, all_iou = bound.mask_decoder(emb, bound.prompt_encoder.dense_pe(16, 16), sparse,
-                                            bound.prompt_encoder.no_mask(2, 16, 16))
+
+    def all_outputs(sam, emb, coords, labels):  # the official padding point appended, no selection
+        pe = sam.prompt_encoder
+        sparse = pe.embed_points(jnp.concatenate([coords, jnp.zeros((2, 1, 2))], 1),
+                                 jnp.concatenate([labels, -jnp.ones((2, 1), jnp.int32)], 1), (256, 256))
+        return sam.mask_decoder(emb, pe.dense_pe(16, 16), sparse, pe.no_mask(2, 16, 16))
+
+    all_masks, all_iou = jax.jit(lambda v, *a: model.apply(v, *a, method=all_outputs))(variables, emb, coords, labels)
     np.testing.assert_allclose(multi, all_masks[:, 1:], **TOL)
     np.testing.assert_allclose(single, all_masks[:, :1], **TOL)
     np.testing.assert_allclose(iou_multi, all_iou[:, 1:], **TOL)
@@ -190,13 +210,13 @@ def test_official_parameter_counts(name):
 def test_other_input_sizes(tiny, side):
     """The encoder interpolates the absolute table and the global blocks' relative tables; decode follows."""
     model, variables, _, decode = tiny
-    images = jax.random.normal(jax.random.PRNGKey(2), (1, side, side, 3))
-    emb = model.apply(variables, images, method=model.encode_image)
+    images = jax.random.normal(jax.random.PRNGKey(2), (2, side, side, 3))
+    emb = jax.jit(lambda v, x: model.apply(v, x, method=model.encode_image))(variables, images)
     g = side // 16
-    assert emb.shape == (1, g, g, model.prompt_dim) and bool(jnp.all(jnp.isfinite(emb)))
-    logits, iou = model.apply(variables, emb, jnp.array([[[side / 2, side / 3]]]), jnp.array([[1]]), None,
-                              jnp.zeros((1, 4 * g, 4 * g, 1)), method=model.decode)
-    assert logits.shape == (1, 3, 4 * g, 4 * g) and bool(jnp.all(jnp.isfinite(logits)))
+    assert emb.shape == (2, g, g, model.prompt_dim) and bool(jnp.all(jnp.isfinite(emb)))
+    logits, iou = decode(variables, emb, jnp.array([[[side / 2, side / 3]]] * 2), jnp.array([[1], [1]]), None,
+                         jnp.zeros((2, 4 * g, 4 * g, 1)), None, multimask=True)
+    assert logits.shape == (2, 3, 4 * g, 4 * g) and bool(jnp.all(jnp.isfinite(logits)))
 
 
 def test_resize_linear_matches_half_pixel_linear_interpolation():
@@ -243,3 +263,14 @@ def test_relative_position_attention_against_naive_loops():
     ref = res @ p["proj"]["kernel"] + p["proj"]["bias"]
     np.testing.assert_allclose(np.asarray(out).reshape(h * w, dim), ref, rtol=1e-4, atol=1e-5)
     assert relative_position_table(params["rel_pos_h"], h).shape == (h, h, dh)
+
+
+@pytest.mark.slow
+def test_sam_init_runs_forward():
+    """A real `sam_init` (RNG included; slow to compile on CPU) gives finite outputs of the right shapes."""
+    model = sam_variant("tiny")
+    variables = jax.jit(lambda r: sam_init(model, r))(jax.random.PRNGKey(0))
+    images = jax.random.normal(jax.random.PRNGKey(1), (1, 256, 256, 3))
+    logits, iou = jax.jit(lambda v, x: model.apply(v, x, jnp.array([[[64.0, 64.0]]]), jnp.array([[1]])))(variables, images)
+    assert logits.shape == (1, 3, 64, 64) and iou.shape == (1, 3) and bool(jnp.all(jnp.isfinite(logits)))
+    assert not jnp.any(variables["params"]["image_encoder"]["blocks_0"]["attn"]["rel_pos_h"])  # official: zero-init

@@ -17,8 +17,10 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vitsam.nn import Mlp, PatchEmbedding, dot_product_attention
+from vitsam.nn.encoder import drop_path
 
 
 def resize_linear_1d(table: jnp.ndarray, size: int) -> jnp.ndarray:
@@ -30,11 +32,13 @@ def resize_linear_1d(table: jnp.ndarray, size: int) -> jnp.ndarray:
     length = table.shape[0]
     if length == size:
         return table
-    src = (jnp.arange(size, dtype=jnp.float32) + 0.5) * (length / size) - 0.5
-    src = jnp.maximum(src, 0.0)
-    lo = jnp.floor(src).astype(jnp.int32)
-    hi = jnp.minimum(lo + 1, length - 1)
-    frac = (src - lo)[:, None]
+    # Sizes are static, so indices and weights are numpy constants, rounded as PyTorch's CPU kernel does
+    # (float32 scale, then a fused multiply-add rounded once to float32): its weights are reproduced exactly.
+    scale = np.float64(np.float32(length) / np.float32(size))
+    src = np.maximum(scale * (np.arange(size, dtype=np.float64) + 0.5) - 0.5, 0.0).astype(np.float32)
+    lo = np.floor(src).astype(np.int32)
+    hi = np.minimum(lo + 1, length - 1)
+    frac = jnp.asarray((src - lo)[:, None], table.dtype)
     return table[lo] * (1.0 - frac) + table[hi] * frac
 
 
@@ -107,7 +111,10 @@ class RelPosAttention(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm block with windowed (window > 0) or global (window = 0) attention: (B, h, w, D) -> same."""
+    """Pre-norm block with windowed (window > 0) or global (window = 0) attention: (B, h, w, D) -> same.
+
+    `drop_path_rate` > 0 with `deterministic` False drops each residual branch per example (rng "dropout").
+    """
 
     num_heads: int
     mlp_dim: int
@@ -115,8 +122,15 @@ class EncoderBlock(nn.Module):
     rel_size: int
     norm_eps: float = 1e-6
     attention_impl: str = "einsum"
+    drop_path_rate: float = 0.0
+    deterministic: bool = True
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
+
+    def _residual(self, branch: jnp.ndarray) -> jnp.ndarray:
+        if self.deterministic or self.drop_path_rate == 0.0:
+            return branch
+        return drop_path(branch, self.drop_path_rate, self.make_rng("dropout"))
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -130,9 +144,9 @@ class EncoderBlock(nn.Module):
                             param_dtype=self.param_dtype, name="attn")(y)
         if self.window_size > 0:
             y = window_unpartition(y, self.window_size, padded, (h, w))
-        x = x + y
-        return x + Mlp(self.mlp_dim, activation="gelu", dtype=self.dtype, param_dtype=self.param_dtype,
-                       name="mlp")(norm("norm2")(x))
+        x = x + self._residual(y)
+        return x + self._residual(Mlp(self.mlp_dim, activation="gelu", dtype=self.dtype,
+                                      param_dtype=self.param_dtype, name="mlp")(norm("norm2")(x)))
 
 
 class ImageEncoder(nn.Module):
@@ -140,7 +154,8 @@ class ImageEncoder(nn.Module):
 
     `image_size` sizes the absolute position table ((1, S/P, S/P, D)) and the global blocks' relative
     tables; other input sizes (multiples of the patch) resample both (bicubic / linear).
-    `remat` recomputes block activations in the backward pass.
+    `remat` recomputes block activations in the backward pass. `drop_path` is the stochastic-depth rate of the
+    last block, rising linearly from 0 at the first; it acts when called with deterministic=False.
     """
 
     image_size: int = 1024
@@ -155,11 +170,12 @@ class ImageEncoder(nn.Module):
     norm_eps: float = 1e-6
     attention_impl: str = "einsum"
     remat: bool = False
+    drop_path: float = 0.0
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, images: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"ImageEncoder expects NHWC images (B, S, S, 3), got shape {images.shape}")
         if self.dim % self.num_heads:
@@ -181,7 +197,8 @@ class ImageEncoder(nn.Module):
                 num_heads=self.num_heads, mlp_dim=int(self.dim * self.mlp_ratio),
                 window_size=0 if is_global else self.window_size,
                 rel_size=grid if is_global else self.window_size, norm_eps=self.norm_eps,
-                attention_impl=self.attention_impl, dtype=dtype, param_dtype=self.param_dtype, name=f"blocks_{i}",
+                attention_impl=self.attention_impl, drop_path_rate=self.drop_path * i / max(self.depth - 1, 1),
+                deterministic=deterministic, dtype=dtype, param_dtype=self.param_dtype, name=f"blocks_{i}",
             )(x)
 
         conv = lambda k, name: nn.Conv(self.out_dim, (k, k), padding="SAME" if k > 1 else "VALID",  # noqa: E731

@@ -69,6 +69,7 @@ class Sam(nn.Module):
     text_tokens: int = 1
     attention_impl: str = "einsum"
     remat: bool = False
+    drop_path: float = 0.0
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
 
@@ -89,7 +90,7 @@ class Sam(nn.Module):
         self.image_encoder = ImageEncoder(
             self.image_size, self.patch_size, self.encoder_dim, self.encoder_depth, self.encoder_heads,
             self.encoder_mlp_ratio, self.prompt_dim, self.window_size, tuple(self.global_attn_indexes),
-            attention_impl=self.attention_impl, remat=self.remat, **kw)
+            attention_impl=self.attention_impl, remat=self.remat, drop_path=self.drop_path, **kw)
         self.prompt_encoder = PromptEncoder(self.prompt_dim, self.mask_in_chans, **kw)
         self.mask_decoder = MaskDecoder(
             self.prompt_dim, self.num_multimask_outputs, self.decoder_depth, self.decoder_heads,
@@ -104,9 +105,12 @@ class Sam(nn.Module):
         """Texts -> word ids (N, text_max_len) for `decode`'s `text_ids` (pure Python, no variables needed)."""
         return tokenize(texts, self.text_vocab_size, self.text_max_len)
 
-    def encode_image(self, images: jnp.ndarray) -> jnp.ndarray:
-        """Normalized, padded images (B, S, S, 3) -> image embeddings (B, S/16, S/16, prompt_dim)."""
-        return self.image_encoder(images)
+    def encode_image(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        """Normalized, padded images (B, S, S, 3) -> image embeddings (B, S/16, S/16, prompt_dim).
+
+        train=True applies stochastic depth (`drop_path`; needs the rng "dropout").
+        """
+        return self.image_encoder(images, deterministic=not train)
 
     def decode(self, image_embeddings, point_coords=None, point_labels=None, boxes=None, mask_input=None,
                text_ids=None, multimask_output: bool = True):
