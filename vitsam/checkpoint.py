@@ -131,5 +131,6 @@ def load_trained(workdir, *, step: int | None = None):
         except Exception as e:  # noqa: BLE001
             warnings.warn(f"skipping unreadable checkpoint at step {s}: {type(e).__name__}: {e}", stacklevel=2)
             continue
-        return model, {"params": state["params"]}, spec | {"step": s}
+        variables = {name: state[name] for name in ("params", "constants") if name in state}  # not opt_state
+        return model, variables, spec | {"step": s}
     raise FileNotFoundError(f"no readable checkpoint in {workdir / 'checkpoints'}")

@@ -1,4 +1,4 @@
-"""The `vitsam` console command: `vitsam figures`, `vitsam classify`, … (`vitsam -h` lists them)."""
+"""The `vitsam` console command: `vitsam figures`, `vitsam classify`, `vitsam segment`, … (`vitsam -h` lists them)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,76 @@ def _convert(args) -> int:
     return 0
 
 
+def _segment(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from vitsam.convert import load_model
+    from vitsam.overlay import mask_image, overlay
+    from vitsam.predictor import SamPredictor
+
+    points = [_numbers(text, "--point", (2, 3), "x,y[,label]") for text in args.point]
+    labels = [1 if len(p) == 2 else p[2] for p in points]
+    if any(label not in (0, 1) for label in labels):
+        raise ValueError(f"--point labels must be 1 (foreground) or 0 (background), got {labels}")
+    boxes = [_numbers(text, "--box", (4,), "x0,y0,x1,y1") for text in args.box]
+    texts = list(args.text)
+    if not (points or boxes or texts):
+        raise ValueError("no prompt: give --point x,y[,label] (repeatable), --box x0,y0,x1,y1 or --text TEXT")
+    # One prompt set per box / text; the points (one set) and a single box or text go with every set.
+    n = max(len(boxes), len(texts), 1)
+    for flag, items in (("--box", boxes), ("--text", texts)):
+        if len(items) not in (0, 1, n):
+            raise ValueError(f"got {len(items)} {flag} prompts for {n} prompt sets: give one or {n}")
+    prompts = {}
+    if points:
+        prompts["point_coords"] = np.broadcast_to(np.array([p[:2] for p in points], np.float32), (n, len(points), 2))
+        prompts["point_labels"] = np.broadcast_to(np.array(labels, np.int32), (n, len(points)))
+    if boxes:
+        prompts["box"] = np.broadcast_to(np.array(boxes, np.float32), (n, 4))
+    if texts:
+        prompts["text"] = texts * n if len(texts) == 1 else texts
+
+    image = _read_image(args.image)
+    model, variables, kind = load_model(args.checkpoint)
+    if kind != "sam":
+        raise ValueError(f"{args.checkpoint} holds a {kind} model, not a SAM")
+    predictor = SamPredictor(model, variables)
+    predictor.set_image(image)
+    masks, iou, _ = predictor.predict(**prompts, multimask_output=not args.single)  # (n, C, H, W), (n, C)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        for c in range(masks.shape[1]):
+            path = out / (f"mask_{c}.png" if n == 1 else f"mask_{i}_{c}.png")
+            mask_image(masks[i, c]).save(path)
+            print(f"{path}  predicted IoU {iou[i, c]:.3f}")
+    best = masks[np.arange(n), iou.argmax(axis=1)]
+    picture = overlay(image, best, points=[p[:2] for p in points] or None, labels=labels or None,
+                      boxes=boxes or None)
+    Image.fromarray(picture).save(out / "overlay.png")
+    print(f"{out / 'overlay.png'}  (the best mask of each prompt set, with the prompts)")
+    return 0
+
+
+def _numbers(text: str, flag: str, counts: tuple[int, ...], form: str) -> list[float]:
+    """'1,2.5,3' -> [1.0, 2.5, 3.0], or a ValueError naming the flag and the expected form."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in counts:
+        raise ValueError(f"{flag} expects {form} (numbers separated by commas), got {text!r}")
+    return values
+
+
+def _bench(args) -> int:
+    from vitsam import bench
+
+    return bench.run_cli(args)
+
+
 def _vit_for(args, vit_variant, jax):
     """The ViT to run: from --checkpoint (a training workdir, a converted folder or an official file),
     else randomly initialised (seeded; the head too, so the logits are not all zero)."""
@@ -130,6 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="ViT: resample the position table to this resolution")
     p.add_argument("--num-classes", type=int, help="ViT: a fresh zero head with this many classes")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("segment", help="segment an image with SAM from point / box / text prompts (PNG masks, overlay)")
+    p.add_argument("image")
+    p.add_argument("--checkpoint", required=True,
+                   help="a `vitsam convert` folder, a SAM training workdir, or an official sam_vit_*.pth")
+    p.add_argument("--point", action="append", default=[], metavar="X,Y[,LABEL]",
+                   help="a point in image pixels, label 1 (foreground, default) or 0 (background); repeatable")
+    p.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
+                   help="a box in image pixels; repeat for several objects (one prompt set each)")
+    p.add_argument("--text", action="append", default=[], metavar="TEXT",
+                   help="a text prompt (models with a text encoder); repeat for several objects")
+    p.add_argument("--single", action="store_true", help="one mask per prompt set instead of three")
+    p.add_argument("--out", default="segment", help="output folder")
+    p.set_defaults(func=_segment)
+
+    p = sub.add_parser("bench", help="time ViT / SAM (compile, step, images/s, FLOPs, MFU, memory), vs PyTorch peers")
+    from vitsam.bench import add_arguments as add_bench_arguments  # light: jax is imported by the CLI anyway
+
+    add_bench_arguments(p)
+    p.set_defaults(func=_bench)
     return parser
 
 

@@ -16,7 +16,8 @@ from vitsam import checkpoint
 
 
 def export(model, variables: dict, dst, *, kind: str, **extra) -> Path:
-    """Write `variables["params"]` of `model` (kind "vit" or "sam") to the orbax folder `dst`."""
+    """Write the variables of `model` (kind "vit" or "sam") to the orbax folder `dst`: "params" and any
+    other collection (SAM's "constants" hold the prompt encoder's fixed Fourier matrix)."""
     dst = Path(dst).absolute()
     ckpt_dir = dst / "checkpoints"
     if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
@@ -24,8 +25,8 @@ def export(model, variables: dict, dst, *, kind: str, **extra) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     checkpoint.write_model_spec(dst, checkpoint.model_spec(kind, model, **extra))
     ckpt = checkpoint.Checkpointer(ckpt_dir, every=1, keep=1, async_save=False)
-    params = jax.tree.map(jax.numpy.asarray, variables["params"])
-    ckpt.save(0, {"params": params}, {}, force=True)
+    state = {name: jax.tree.map(jax.numpy.asarray, tree) for name, tree in variables.items()}
+    ckpt.save(0, state, {}, force=True)
     ckpt.close()
     return dst
 
