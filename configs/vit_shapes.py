@@ -1,8 +1,13 @@
-"""The default recipe: a small ViT on the embedded procedural shapes dataset, offline, on CPU.
+"""The default recipe: a small ViT (4 blocks, D = 128, 16-px patches, average pooling, 2-D sincos positions)
+on the embedded procedural shapes dataset (6 classes, 64 px), offline, on CPU.
 
 Run:      python -m train.vit --workdir /tmp/vit_shapes
-Time:     MEASURED_TIME on a 2-core CPU (the dataset is generated and prepared once on first use).
-Result:   MEASURED_RESULT top-1 on the test split (1,000 images).
+Measured: 78.4% top-1 on the test split (1,000 images) after 3,000 steps, in 23 min on the 2-core CPU while
+          other jobs kept it at a load average of ~7 (2026-11-22, jax 0.10.2; `metrics.jsonl` gave 0.438 /
+          0.584 / 0.686 / 0.738 / 0.769 / 0.784 at steps 500 … 3000). Preparing the dataset the first time
+          takes ~40 s more. The target (≥ 90% in under 10 minutes) is not reached yet: see issue 3.
+Tried and worse at equal steps: 8-px patches (slower steps; 58% at step 750), width 64, batch 64,
+          lr 2e-3 / 3e-3.
 """
 
 import ml_collections
@@ -12,7 +17,7 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.batch_size = 128          # global, over every device of every process
-    c.total_steps = 1500
+    c.total_steps = 3000
     c.log_every = 50
     c.eval_every = 500
     c.checkpoint_every = 250
@@ -33,13 +38,13 @@ def get_config():
 
     c.model = ml_collections.ConfigDict()
     c.model.variant = "Ti/16"
-    c.model.patch_size = 8
+    c.model.patch_size = 16
     c.model.width = 128
     c.model.depth = 4
     c.model.mlp_dim = 256
     c.model.num_heads = 4
-    c.model.pool = "tok"
-    c.model.posemb = "learn"
+    c.model.pool = "gap"
+    c.model.posemb = "sincos2d"
     c.model.dropout = 0.0
     c.model.drop_path = 0.0
     c.model.dtype = "float32"

@@ -21,7 +21,7 @@ def _figures(args) -> int:
     image = _read_image(args.image)
     written.append(figures.attention_figure(
         out / "attention.png", model, variables, image,
-        title=f"class-token attention: {source}"))
+        title=f"attention: {source}"))
     for path in written:
         print(path)
     return 0

@@ -87,7 +87,8 @@ def attention_rollout(maps: np.ndarray) -> np.ndarray:
 
 
 def attention_figure(path, model, variables, image_uint8: np.ndarray, title: str = "") -> Path:
-    """The class token's attention over the image patches: the last layer's heads and the rollout over layers."""
+    """Attention over the image patches: the last layer's heads and the rollout over layers, for the class
+    token (pool "tok") or averaged over all tokens (pool "gap")."""
     plt = _pyplot()
     size = model.image_size
     from PIL import Image
@@ -96,10 +97,12 @@ def attention_figure(path, model, variables, image_uint8: np.ndarray, title: str
     x = shown.astype(np.float32) / 127.5 - 1.0
     maps = vit_attention_maps(model, variables, x)
     grid = size // model.patch_size
-    if model.pool != "tok":
-        raise ValueError("attention maps of the class token need pool='tok'")
-    last = maps[-1][:, 0, 1:].reshape(-1, grid, grid)  # (heads, grid, grid)
-    rollout = attention_rollout(maps)[0, 1:].reshape(grid, grid)
+    if model.pool == "tok":  # what the class token attends to
+        last = maps[-1][:, 0, 1:].reshape(-1, grid, grid)  # (heads, grid, grid)
+        rollout = attention_rollout(maps)[0, 1:].reshape(grid, grid)
+    else:  # average pooling: the attention each patch receives, averaged over the queries
+        last = maps[-1].mean(axis=1).reshape(-1, grid, grid)
+        rollout = attention_rollout(maps).mean(axis=0).reshape(grid, grid)
     heads = min(len(last), 6)
     fig, axes = plt.subplots(1, heads + 2, figsize=(2.4 * (heads + 2), 2.8))
     axes[0].imshow(shown)

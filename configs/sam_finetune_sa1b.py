@@ -1,0 +1,57 @@
+"""Fine-tune the official SAM ViT-B on SA-1B-format data (an image and a JSON of COCO-RLE masks per example).
+
+Prepare:  vitsam convert sam_vit_b_01ec64.pth /ckpt/sam_vit_b          # the official checkpoint, once
+Run:      python -m train.sam --config configs/sam_finetune_sa1b.py --workdir /tmp/sam_ft \\
+              --config.init_from=/ckpt/sam_vit_b --config.data.train_path=/data/sa1b/train \\
+              --config.data.eval_path=/data/sa1b/val
+Frozen:   add --config.freeze_image_encoder=True: only the prompt encoder and mask decoder train; the image
+          embedding is computed once per image per step without gradients (far less memory and time).
+COCO:     --config.data.format=coco --config.data.train_path=instances_train2017.json
+          --config.data.train_images=train2017/ (and eval_path / eval_images); the official model has no text
+          encoder, so class names are not used as prompts.
+Time:     not measured: this recipe needs an accelerator (ViT-B at 1024 px) and none was available when it was
+          written; on CPU it is only exercised with tiny models by the tests.
+Result:   not measured (see Time). The paper's recipe: 11 rounds per mask (2 of them mask-only).
+"""
+
+from configs import sam_shapes
+
+
+def get_config():
+    c = sam_shapes.get_config()
+    c.batch_size = 8            # images per step; each brings up to data.max_masks masks
+    c.total_steps = 10_000
+    c.log_every = 50
+    c.eval_every = 1000
+    c.checkpoint_every = 1000
+    c.init_from = ""            # required: a `vitsam convert` folder (or sam_vit_b_01ec64.pth itself)
+    c.freeze_image_encoder = False
+
+    c.data.format = "sa1b"
+    c.data.train_path = ""
+    c.data.eval_path = ""
+    c.data.eval_holdout = 0     # or hold out the last N images of train_path
+    c.data.image_size = 1024    # the model's input: longest side 1024, zero-padded
+    c.data.max_masks = 16
+    c.data.eval_max_masks = 16
+    c.data.num_threads = 8
+    c.data.worker_count = 4
+
+    c.model.drop_path = 0.1     # the architecture comes from init_from; only training fields apply
+    c.model.dtype = "bfloat16"
+    c.model.remat = True
+    c.model.attention_impl = "einsum"
+
+    c.sim.num_rounds = 11       # the paper: 1 first prompt, 8 sampled points, 2 mask-only rounds
+    c.sim.mask_only_rounds = 2
+    c.sim.text = False
+
+    c.eval.clicks = 5
+
+    c.optim.lr = 1e-5
+    c.optim.end_lr = 1e-7
+    c.optim.warmup_steps = 250
+    c.optim.weight_decay = 0.1
+    c.optim.layer_decay = 0.8   # the image encoder's block i learns at lr · 0.8^(depth − i)
+    c.optim.clip_norm = 1.0
+    return c
