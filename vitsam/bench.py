@@ -10,9 +10,9 @@ or from the shell, `vitsam bench --model vit:B/16 --batch 1,8 --torch --out benc
 
 How a step is timed: the jitted function is lowered and compiled apart (`compile_s`), run `warmup` times,
 then `iters` times per round, each call ended by `block_until_ready`; `step_s` is the median of all timed
-calls. Cases of one group (the same model, mode, batch and dtype: vitsam's attention kernels and the
-PyTorch peers) are built once and then timed in alternating rounds, so that on a shared machine a burst of
-load from elsewhere hits every contender alike.
+calls. On CPUs the cases of one group (the same model, mode, batch and dtype: vitsam's attention kernels
+and the PyTorch peers) are built once and then timed in alternating rounds, so that on a shared machine a
+burst of load from elsewhere hits every contender alike; on accelerators they run one after another.
 
 FLOPs are model FLOPs, 2 × the multiply-accumulates of the matmuls and convolutions the model defines
 (softmax, norms and other elementwise work are not counted); a train step counts 3 × the forward, whatever
@@ -293,14 +293,22 @@ def _time_calls(step: Callable, iters: int) -> list[float]:
 
 
 def run_group(cases: Sequence[Case], *, warmup: int = 2, iters: int = 5, repeats: int = 1,
-              peak: float | None | str = "device", matmul_tflops_ref: float | None = None,
-              log: Callable[[str], None] | None = None) -> list[dict]:
+              peak: float | None | str = "device", matmul_tflops_ref: dict[str, float] | None = None,
+              interleave: bool | None = None, log: Callable[[str], None] | None = None) -> list[dict]:
     """Build every case, then time them in `repeats` alternating rounds of `iters` calls each.
 
     `peak`: TFLOP/s for MFU; "device" looks the current device up in `PEAK_TFLOPS` per dtype.
-    `matmul_tflops_ref`: a measured matmul throughput (`matmul_tflops`) to relate each case to.
+    `matmul_tflops_ref`: measured matmul throughput by dtype (`matmul_tflops`) to relate each case to.
+    `interleave=False` runs the cases one after another, each freed before the next is built (big models on
+    one accelerator); None: interleave on CPUs (shared machines), not on accelerators.
     Returns one record per case, in order; a case that fails to build or run gets `error` instead of timings.
     """
+    if interleave is None:
+        interleave = jax.default_backend() == "cpu"
+    if not interleave and len(cases) > 1:
+        kw = dict(warmup=warmup, iters=iters, repeats=repeats, peak=peak, matmul_tflops_ref=matmul_tflops_ref,
+                  interleave=True, log=log)
+        return [rec for case in cases for rec in run_group([case], **kw)]
     kind = jax.devices()[0].device_kind
     records, runners = [], []
     for case in cases:
@@ -334,7 +342,9 @@ def run_group(cases: Sequence[Case], *, warmup: int = 2, iters: int = 5, repeats
             except Exception as e:
                 rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
 
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     for rec, runner in zip(records, runners):
+        rec["loadavg_after"] = load  # how busy the machine was while this group ran (1, 5, 15 min)
         if runner is not None and runner.finish and "error" not in rec:
             rec.update(runner.finish())
         if rec.get("times_s") and "error" not in rec:
@@ -343,6 +353,8 @@ def run_group(cases: Sequence[Case], *, warmup: int = 2, iters: int = 5, repeats
             log(_progress(rec, "done"))
     del runners
     gc.collect()
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        sys.modules["torch"].cuda.empty_cache()  # give the peers' cached blocks back before the next group
     return records
 
 
@@ -358,8 +370,8 @@ def _finalize(rec: dict, iters: int, peak, matmul_ref) -> None:
         p = peak_tflops(rec["device"], rec["dtype"]) if peak == "device" else peak
         rec["peak_tflops"] = p
         rec["mfu"] = mfu(flops, step, p)
-        if matmul_ref:
-            rec["frac_of_matmul"] = rec["tflops_per_s"] / matmul_ref
+        if matmul_ref and matmul_ref.get(rec["dtype"]):
+            rec["frac_of_matmul"] = rec["tflops_per_s"] / matmul_ref[rec["dtype"]]
 
 
 def _progress(rec: dict, stage: str) -> str:
@@ -373,9 +385,11 @@ def _progress(rec: dict, stage: str) -> str:
     return f"{head}: compiled in {rec.get('compile_s', 0):.1f} s"
 
 
-def matmul_tflops(dtype: str = "float32", size: int = 2048, iters: int = 5) -> float:
+def matmul_tflops(dtype: str = "float32", size: int | None = None, iters: int = 5) -> float:
     """Measured TFLOP/s of one large (size × size) @ (size × size) matmul on the default device: what this
-    device reaches in practice, a reference for the model figures (on CPUs, which have no peak table)."""
+    device reaches in practice, a reference for the model figures (on CPUs, which have no peak table).
+    `size` defaults to 8192 on accelerators, 2048 on CPUs."""
+    size = size or (2048 if jax.default_backend() == "cpu" else 8192)
     dt = DTYPES[dtype]
     a = jnp.ones((size, size), dt)
     f = jax.jit(lambda x, y: x @ y).lower(a, a).compile()
@@ -412,6 +426,36 @@ def _images(batch: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, size, size, 3), np.float32)
 
 
+def random_variables(init: Callable[[jax.Array], Any], seed: int = 0):
+    """Variables of the shapes `init(rng)` returns, filled with random numbers on the host.
+
+    A benchmark needs sane values, not the model's exact initializers, and the initializers are slow to run
+    here: eagerly they compile hundreds of small programs, jitted one large one (tens of seconds for SAM on a
+    loaded CPU). Kernels get N(0, 1/fan-in), LayerNorm scales 1, biases 0, other parameters (embeddings,
+    position tables, tokens) N(0, 0.02²), other collections (SAM's Fourier matrix) N(0, 1).
+    """
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        collection, name = getattr(path[0], "key", ""), getattr(path[-1], "key", "")
+        shape, dtype = leaf.shape, leaf.dtype
+        normal = rng.standard_normal(shape, np.float32)
+        if collection != "params":
+            value = normal
+        elif name == "scale":
+            value = np.ones(shape, np.float32)
+        elif name == "bias":
+            value = np.zeros(shape, np.float32)
+        elif name == "kernel" and len(shape) >= 2:
+            value = normal / np.float32(np.sqrt(math.prod(shape[:-1])))
+        else:
+            value = np.float32(0.02) * normal
+        return jnp.asarray(value, dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 def _cast_params(variables, dtype):
     """Inference in bf16 keeps bf16 weights (as a PyTorch model moved to bf16 does); `params` only."""
     if dtype == jnp.float32:
@@ -438,7 +482,7 @@ def _compiled_runner(fn, args, donate: tuple[int, ...] = (), carry: bool = False
 
     info = dict(compile_s=compile_s, flops_xla=xla_cost(compiled).get("flops"),
                 executable_bytes=executable_bytes(compiled))
-    return Runner(step, info, finish=lambda: {"device_peak_bytes": device_peak_bytes()})
+    return Runner(step, info, finish=lambda: {"process_peak_bytes": device_peak_bytes()})
 
 
 def vit_case(variant: str = "B/16", batch: int = 8, dtype: str = "float32", kernel: str = "einsum",
@@ -457,7 +501,7 @@ def vit_case(variant: str = "B/16", batch: int = 8, dtype: str = "float32", kern
 
     def build() -> Runner:
         images = jnp.asarray(_images(batch, image_size, seed))
-        variables = jax.jit(model.init)(jax.random.PRNGKey(seed), images[:1])
+        variables = random_variables(lambda r: model.init(r, images[:1]), seed)
         if mode == "forward":
             return _compiled_runner(lambda v, x: model.apply(v, x), (_cast_params(variables, dt), images))
         labels = jnp.asarray(np.random.default_rng(seed).integers(0, num_classes, batch))
@@ -484,7 +528,7 @@ def adamw_train_step(model, params, lr: float = 1e-4, weight_decay: float = 0.05
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return step, tx.init(params)
+    return step, jax.jit(tx.init)(params)
 
 
 def sam_encoder_case(variant: str = "vit_b", batch: int = 1, dtype: str = "float32", kernel: str = "einsum",
@@ -499,7 +543,7 @@ def sam_encoder_case(variant: str = "vit_b", batch: int = 1, dtype: str = "float
                   flops=sam_encoder_flops(model, batch), overrides=_jsonable(overrides))
 
     def build() -> Runner:
-        variables = _cast_params(sam_init(model, jax.random.PRNGKey(seed)), dt)
+        variables = _cast_params(random_variables(lambda r: sam_init(model, r), seed), dt)
         images = jnp.asarray(_images(batch, size, seed))
         return _compiled_runner(lambda v, x: model.apply(v, x, method=model.encode_image), (variables, images))
 
@@ -529,7 +573,7 @@ def sam_decoder_case(variant: str = "vit_b", num_prompts: int = 16, dtype: str =
                   flops=sam_decoder_flops(model, num_prompts), overrides=_jsonable(overrides))
 
     def build() -> Runner:
-        variables = _cast_params(sam_init(model, jax.random.PRNGKey(seed)), dt)
+        variables = _cast_params(random_variables(lambda r: sam_init(model, r), seed), dt)
         emb = jnp.asarray(_embedding(model.prompt_dim, model.embedding_size, seed))
         coords, labels = map(jnp.asarray, _prompts(num_prompts, model.image_size, seed))
 
@@ -591,12 +635,20 @@ def _torch_setup(dtype: str):
     return torch, _torch_device(), {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
 
 
-def _torch_runner(torch, device, fn: Callable[[], Any]) -> Runner:
-    """The first call is timed as `compile_s` (lazy initialisation; torch.compile's compilation)."""
+def _cuda_baseline(torch, device) -> int:
+    """Call before building a peer on CUDA: resets the peak counter, returns the bytes already allocated
+    (other cases' models), so that the peer's own footprint can be told apart."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return int(torch.cuda.memory_allocated())
+
+
+def _torch_runner(torch, device, fn: Callable[[], Any], baseline: int = 0) -> Runner:
+    """The first call is timed as `compile_s` (lazy initialisation; torch.compile's compilation); on CUDA,
+    `device_peak_bytes` is the peak allocation of building the model and running that call, less `baseline`."""
     cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
 
     def step():
         out = fn()
@@ -607,8 +659,9 @@ def _torch_runner(torch, device, fn: Callable[[], Any]) -> Runner:
     t0 = time.perf_counter()
     step()
     info = dict(compile_s=time.perf_counter() - t0, torch_threads=torch.get_num_threads(), torch_device=str(device))
-    finish = (lambda: {"device_peak_bytes": int(torch.cuda.max_memory_allocated())}) if cuda else None
-    return Runner(step, info, finish)
+    if cuda:
+        info["device_peak_bytes"] = int(torch.cuda.max_memory_allocated()) - baseline
+    return Runner(step, info)
 
 
 def _torch_impl(base: str, sdpa: bool = False, compile: bool = False) -> str:
@@ -636,6 +689,7 @@ def timm_vit_case(variant: str = "B/16", batch: int = 8, dtype: str = "float32",
 
     def build() -> Runner:
         torch, device, tdt = _torch_setup(dtype)
+        baseline = _cuda_baseline(torch, device)
         import timm
         from timm.models.vision_transformer import VisionTransformer as TimmViT
 
@@ -666,7 +720,7 @@ def timm_vit_case(variant: str = "B/16", batch: int = 8, dtype: str = "float32",
                 opt.step()
                 return loss
 
-        runner = _torch_runner(torch, device, fn)
+        runner = _torch_runner(torch, device, fn, baseline)
         runner.info.update(extra)
         return runner
 
@@ -748,6 +802,7 @@ def torch_sam_encoder_case(variant: str = "vit_b", batch: int = 1, dtype: str = 
 
     def build() -> Runner:
         torch, device, tdt = _torch_setup(dtype)
+        baseline = _cuda_baseline(torch, device)
         torch.manual_seed(seed)
         encoder = _official_sam(variant, size).image_encoder.eval().to(device=device, dtype=tdt)
         if sdpa:
@@ -759,7 +814,7 @@ def torch_sam_encoder_case(variant: str = "vit_b", batch: int = 1, dtype: str = 
             with torch.inference_mode():
                 return model(x)
 
-        return _torch_runner(torch, device, fn)
+        return _torch_runner(torch, device, fn, baseline)
 
     return Case(record, build)
 
@@ -776,6 +831,7 @@ def torch_sam_decoder_case(variant: str = "vit_b", num_prompts: int = 16, dtype:
 
     def build() -> Runner:
         torch, device, tdt = _torch_setup(dtype)
+        baseline = _cuda_baseline(torch, device)
         torch.manual_seed(seed)
         sam = _official_sam(variant, ref.image_size).eval().to(device)
         prompt_encoder, decoder = sam.prompt_encoder, sam.mask_decoder
@@ -791,7 +847,7 @@ def torch_sam_decoder_case(variant: str = "vit_b", num_prompts: int = 16, dtype:
                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                multimask_output=True)
 
-        return _torch_runner(torch, device, fn)
+        return _torch_runner(torch, device, fn, baseline)
 
     return Case(record, build)
 
@@ -820,9 +876,9 @@ def parse_model(spec: str) -> tuple[str, str, str]:
 
 def sweep_cases(spec: str, mode: str, batch: int, dtype: str, kernels: Sequence[str], *, torch: bool = False,
                 torch_compile: bool | None = None, image_size: int = 224, overrides: dict | None = None) -> list[Case]:
-    """The cases of one group: vitsam with each attention kernel, then the PyTorch peers when `torch`.
-
-    `torch_compile` None means: eager peers, plus bf16 + SDPA + torch.compile peers on a GPU.
+    """The cases of one group: vitsam with each attention kernel, then the PyTorch peers when `torch`:
+    timm / segment-anything eager (for the SAM encoder also with SDPA attention), and with `torch_compile`
+    the torch.compile (+ SDPA) versions. `torch_compile` None means: on a GPU only.
     """
     family, variant, part = parse_model(spec)
     overrides = overrides or {}
@@ -842,6 +898,7 @@ def sweep_cases(spec: str, mode: str, batch: int, dtype: str, kernels: Sequence[
         cases = [sam_encoder_case(variant, batch, dtype, k, **overrides) for k in kernels]
         if torch:
             cases.append(torch_sam_encoder_case(variant, batch, dtype))
+            cases.append(torch_sam_encoder_case(variant, batch, dtype, sdpa=True))
             if torch_compile:
                 cases.append(torch_sam_encoder_case(variant, batch, dtype, sdpa=True, compile=True))
         return cases
@@ -857,7 +914,8 @@ def run_benchmarks(models: Sequence[str], batches: Sequence[int] = (1,), dtypes:
                    kernels: Sequence[str] = ("einsum",), modes: Sequence[str] = ("forward",), *, torch: bool = False,
                    torch_compile: bool | None = None, warmup: int = 2, iters: int = 5, repeats: int = 1,
                    image_size: int = 224, overrides: dict | None = None, peak: float | None | str = "device",
-                   matmul_tflops_ref: float | None = None, log: Callable[[str], None] | None = print) -> list[dict]:
+                   matmul_tflops_ref: dict[str, float] | None = None, interleave: bool | None = None,
+                   log: Callable[[str], None] | None = print) -> list[dict]:
     """Every combination, group by group (see `sweep_cases`); SAM models skip the train mode."""
     for spec in models:
         parse_model(spec)
@@ -877,7 +935,7 @@ def run_benchmarks(models: Sequence[str], batches: Sequence[int] = (1,), dtypes:
                     cases = sweep_cases(spec, mode, batch, dtype, kernels, torch=torch, torch_compile=torch_compile,
                                         image_size=image_size, overrides=overrides)
                     records += run_group(cases, warmup=warmup, iters=iters, repeats=repeats, peak=peak,
-                                         matmul_tflops_ref=matmul_tflops_ref, log=log)
+                                         matmul_tflops_ref=matmul_tflops_ref, interleave=interleave, log=log)
     return records
 
 
@@ -900,11 +958,11 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -915,7 +973,8 @@ def environment(command: str | None = None) -> dict:
     env = dict(
         time_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         command=command if command is not None else " ".join(sys.argv),
-        git_commit=_git_commit(),
+        git_commit=_git("rev-parse", "--short", "HEAD"),
+        git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
         backend=jax.default_backend(), device_kind=dev.device_kind, device_count=jax.device_count(),
         cpu=_cpu_model(), cpu_count=os.cpu_count(),
         cpus_usable=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -924,7 +983,8 @@ def environment(command: str | None = None) -> dict:
                                            "segment-anything")},
         xla_flags=os.environ.get("XLA_FLAGS", ""),
         env_vars={k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS",
-                                              "TF_CPP_MIN_LOG_LEVEL") if k in os.environ},
+                                              "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION")
+                  if k in os.environ},
         loadavg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     )
     if "torch" in sys.modules:
@@ -953,7 +1013,8 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
 
 def markdown_table(records: Sequence[dict]) -> str:
     """One table: a row per record; "vs torch" is the fastest PyTorch peer's step time over this row's in the
-    same group (model, mode, batch, dtype): above 1 this row is faster."""
+    same group (model, mode, batch, dtype): above 1 this row is faster. Memory: for vitsam the compiled
+    step's footprint (XLA memory analysis), for a peer on CUDA its own peak allocation."""
     fastest: dict[tuple, tuple[float, str]] = {}
     for r in records:
         if r.get("framework") == "torch" and r.get("step_s"):
@@ -968,16 +1029,17 @@ def markdown_table(records: Sequence[dict]) -> str:
         if "step_s" not in r:
             note = r.get("error") or r.get("skipped") or "not run"
             lines.append(f"| {r['model']} | {r['mode']} | {r['batch']} | {r['dtype']} | {r['impl']} | "
-                         f"{note.replace('|', '/')} ||||||")
+                         f"{note.replace('|', '/')} |||||||")
             continue
         ratio = "—"
         if key in fastest:
             ratio = f"{fastest[key][0] / r['step_s']:.2f}× ({fastest[key][1]})"
-        mem = r.get("device_peak_bytes") or r.get("executable_bytes")
+        mem = r.get("executable_bytes") or r.get("device_peak_bytes")
         lines.append(
-            f"| {r['model']} | {r['mode']} | {r['batch']} | {r['dtype']} | {r['impl']} | {_fmt(r.get('compile_s'), '.1f')}"
+            f"| {r['model']} | {r['mode']} | {r['batch']} | {r['dtype']} | {r['impl']}"
+            f" | {_fmt(r.get('compile_s'), '.1f')}"
             f" | {_fmt(r['step_s'], '.2f', 1e3)} | {_fmt(r['throughput_per_s'], '.2f')} {r['unit']}"
-            f" | {_fmt(r.get('tflops_per_s'), '.3f')} | {_fmt(r.get('mfu'), '.1%')} | {_fmt(mem, '.0f', 2 ** -20)}"
+            f" | {_fmt(r.get('tflops_per_s'), '.3f')} | {_fmt(r.get('mfu'), '.1%')} | {_fmt(mem, '.1f', 2 ** -20)}"
             f" | {ratio} |")
     return "\n".join(lines)
 
@@ -992,9 +1054,10 @@ def environment_markdown(env: dict) -> str:
              f"XLA_FLAGS={env.get('xla_flags') or '(none)'}"
              + "".join(f", {k}={x}" for k, x in env.get("env_vars", {}).items()),
              f"- load average (1, 5, 15 min) at start {env.get('loadavg')}, at end {env.get('loadavg_end')}",
-             f"- command: `{env.get('command')}` at {env.get('time_utc')}, commit {env.get('git_commit')}"]
-    if env.get("matmul_tflops"):
-        parts.append(f"- a {env.get('matmul_size')}² float32 matmul reaches {env['matmul_tflops']:.3f} TFLOP/s here")
+             f"- command: `{env.get('command')}` at {env.get('time_utc')}, commit {env.get('git_commit')}"
+             + (" with uncommitted changes" if env.get("git_dirty") else "")]
+    for dtype, tflops in (env.get("matmul_tflops") or {}).items():
+        parts.append(f"- a large {dtype} matmul reaches {tflops:.3f} TFLOP/s here")
     return "\n".join(parts)
 
 
@@ -1019,8 +1082,8 @@ def _csv(cast=str):
 def add_arguments(p) -> None:
     """The options of `vitsam bench`."""
     p.add_argument("--model", action="append", type=_csv(), metavar="SPEC",
-                   help="vit:VARIANT (vit:B/16), sam:VARIANT (image encoder) or sam:VARIANT:decoder; comma-separated "
-                        "or repeated (default vit:B/16)")
+                   help="vit:VARIANT (vit:B/16), sam:VARIANT (image encoder) or sam:VARIANT:decoder; "
+                        "comma-separated or repeated (default vit:B/16)")
     p.add_argument("--batch", type=_csv(int), default=[1], help="batch sizes (the decoder: prompts per batch), e.g. 1,8")
     p.add_argument("--dtype", type=_csv(), default=["float32"], help="compute dtypes: float32,bfloat16")
     p.add_argument("--kernel", type=_csv(), default=["einsum"], help=f"vitsam attention kernels: {','.join(KERNELS)}")
@@ -1032,6 +1095,9 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5, help="timed calls per round")
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds over the cases of a group")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold a group's cases together and alternate them (default: on CPU only; off, each case "
+                        "is freed before the next, for big models on one accelerator)")
     p.add_argument("--image-size", type=int, default=224, help="ViT input size")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="model field override for vitsam (and ViT sizes for timm), e.g. --set remat=True")
@@ -1069,6 +1135,8 @@ def _command_line(args, models: Sequence[str]) -> str:
         parts.append("--torch")
     if args.torch_compile is not None:
         parts.append("--torch-compile" if args.torch_compile else "--no-torch-compile")
+    if args.interleave is not None:
+        parts.append("--interleave" if args.interleave else "--no-interleave")
     for flag, value in (("--threads", args.threads), ("--peak-tflops", args.peak_tflops), ("--out", args.out)):
         if value is not None:
             parts += [flag, str(value)]
@@ -1084,6 +1152,9 @@ def run_cli(args) -> int:
     for spec in models:
         parse_model(spec)
     if args.torch:
+        # JAX would otherwise take 75% of a GPU's memory at start and leave PyTorch short (read at JAX's
+        # backend start, which nothing before this line triggers).
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         if not torch_available():
             raise ValueError("--torch needs PyTorch and the peers: pip install -e '.[parity]'")
         import torch
@@ -1092,13 +1163,14 @@ def run_cli(args) -> int:
     env = environment(_command_line(args, models))
     matmul_ref = None
     if args.matmul_ref:
-        matmul_ref = matmul_tflops("float32", 2048)
-        env.update(matmul_tflops=matmul_ref, matmul_size=2048)
+        matmul_ref = {dtype: matmul_tflops(dtype) for dtype in args.dtype}
+        env["matmul_tflops"] = matmul_ref
     peak = args.peak_tflops if args.peak_tflops is not None else "device"
     records = run_benchmarks(models, args.batch, args.dtype, args.kernel, args.mode, torch=args.torch,
                              torch_compile=args.torch_compile, warmup=args.warmup, iters=args.iters,
                              repeats=args.repeats, image_size=args.image_size, overrides=_overrides(args.set),
-                             peak=peak, matmul_tflops_ref=matmul_ref, log=lambda line: print(line, flush=True))
+                             peak=peak, matmul_tflops_ref=matmul_ref, interleave=args.interleave,
+                             log=lambda line: print(line, flush=True))
     env["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     print()
     print(markdown_table(records))

@@ -50,6 +50,8 @@ def dot_product_attention(
         raise ValueError("attention weights can only be returned by implementation='einsum'")
 
     if implementation != "einsum":
+        if implementation == "cudnn" and bias is not None:
+            bias = bias.astype(query.dtype)  # cuDNN takes the bias in the inputs' dtype (bf16 / fp16)
         return jax.nn.dot_product_attention(
             query, key, value, bias=bias, mask=mask,
             implementation=None if implementation == "auto" else implementation)
@@ -61,7 +63,10 @@ def dot_product_attention(
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-    out = jnp.einsum("bhts,bshd->bthd", weights, value)
+    # Contract to (B, H, T, Dh), then move the heads: asked for "bthd" directly, XLA:CPU computes the
+    # transposed product and first transposes the whole (B, H, T, S) weight array (a third slower for SAM's
+    # 4096-token global attention).
+    out = jnp.einsum("bhts,bshd->bhtd", weights, value).transpose(0, 2, 1, 3)
     return (out, weights) if return_weights else out
 
 

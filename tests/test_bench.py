@@ -1,0 +1,325 @@
+"""The benchmark harness: FLOP formulas (against DESIGN.md's figures, the programs' own matmuls and XLA's cost
+analysis), MFU arithmetic, well-formed records from end-to-end runs on tiny models, the `vitsam bench` command;
+the PyTorch peers (parity marker) and the GPU paths (gpu marker)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vitsam import bench, cli
+from vitsam.models import sam_init, sam_variant, vit_variant
+
+S = jax.ShapeDtypeStruct
+# Wide enough that matmuls dominate XLA's count (which also counts elementwise work), small enough for CPU.
+SMALL_VIT = dict(image_size=32, patch_size=8, width=128, depth=2, mlp_dim=512, num_heads=4)
+
+
+# --- FLOP formulas ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant, gflop", [("B/16", 35), ("L/16", 123), ("H/14", 335)])
+def test_vit_forward_flops_match_the_design_figures(variant, gflop):
+    # DESIGN.md: forward FLOPs (2 × MACs) at 224 px, per image.
+    assert bench.vit_flops(vit_variant(variant)) / 1e9 == pytest.approx(gflop, rel=0.01)
+
+
+@pytest.mark.parametrize("variant, tflop", [("vit_b", 0.97), ("vit_l", 3.0), ("vit_h", 5.9)])
+def test_sam_encoder_flops_match_the_design_figures(variant, tflop):
+    assert bench.sam_encoder_flops(sam_variant(variant)) / 1e12 == pytest.approx(tflop, rel=0.015)
+
+
+def test_vit_b16_flops_by_hand():
+    # 197 tokens, D 768, MLP 3072, 12 blocks; 196 patches of 16·16·3; a 768 -> 1000 head.
+    n, d, m = 197, 768, 3072
+    macs = 12 * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m) + 196 * 768 * d + d * 1000
+    assert bench.vit_flops(vit_variant("B/16"), batch=8) == 8 * 2 * macs
+    assert bench.train_flops(bench.vit_flops(vit_variant("B/16"))) == 3 * 2 * macs
+
+
+def test_matmul_counter_on_known_operations():
+    a, b = S((3, 5, 7), jnp.float32), S((7, 11), jnp.float32)
+    assert bench.matmul_flops(lambda x, y: x @ y, a, b) == 2 * 3 * 5 * 7 * 11
+    q, k = S((2, 9, 4, 8), jnp.float32), S((2, 6, 4, 8), jnp.float32)
+    assert bench.matmul_flops(lambda q, k: jnp.einsum("bthd,bshd->bhts", q, k), q, k) == 2 * 2 * 4 * 9 * 6 * 8
+
+    x = jnp.zeros((2, 8, 8, 5))
+    conv = nn.Conv(6, (3, 3), padding="SAME")
+    v = conv.init(jax.random.PRNGKey(0), x)
+    assert bench.matmul_flops(conv.apply, v, x) == 2 * (2 * 8 * 8 * 6) * (3 * 3 * 5)
+    # A 2×2 stride-2 transposed conv: every output pixel gets exactly one real input tap.
+    up = nn.ConvTranspose(6, (2, 2), strides=(2, 2), padding="VALID")
+    v = up.init(jax.random.PRNGKey(0), x)
+    assert up.apply(v, x).shape == (2, 16, 16, 6)
+    assert bench.matmul_flops(up.apply, v, x) == 2 * (2 * 16 * 16 * 6) * 5
+
+    def scanned(c, xs):
+        return jax.lax.scan(lambda c, x: (c @ x, None), c, xs)[0]
+
+    assert bench.matmul_flops(scanned, S((4, 4), jnp.float32), S((10, 4, 4), jnp.float32)) == 10 * 2 * 4 ** 3
+
+
+def _vit_abstract(model, batch):
+    size = model.image_size
+    v = jax.eval_shape(model.init, jax.random.PRNGKey(0), S((1, size, size, 3), jnp.float32))
+    return v, S((batch, size, size, 3), jnp.float32)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(SMALL_VIT),
+    dict(SMALL_VIT, pool="gap", representation_size=48, num_classes=7),
+    dict(SMALL_VIT, scan=True, remat=True),
+    {},  # ViT-B/16 itself (traced, not run)
+], ids=["tok", "gap+prelogits", "scan+remat", "B16"])
+def test_vit_formula_equals_the_programs_matmuls(overrides):
+    model = vit_variant("B/16", **overrides)
+    v, x = _vit_abstract(model, 3)
+    assert bench.vit_flops(model, 3) == bench.matmul_flops(model.apply, v, x)
+
+
+@pytest.mark.parametrize("variant", ["tiny", "vit_b"])
+def test_sam_formulas_equal_the_programs_matmuls(variant):
+    # vit_b exercises the 64 -> 70 window padding and the 64×64 global relative-position terms.
+    model = sam_variant(variant)
+    v = jax.eval_shape(lambda r: sam_init(model, r), jax.random.PRNGKey(0))
+    size, grid = model.image_size, model.embedding_size
+    images = S((2, size, size, 3), jnp.float32)
+    assert bench.sam_encoder_flops(model, 2) == bench.matmul_flops(
+        lambda v, x: model.apply(v, x, method=model.encode_image), v, images)
+    n = 5
+    args = (S((n, grid, grid, model.prompt_dim), jnp.float32), S((n, 1, 2), jnp.float32), S((n, 1), jnp.int32))
+    assert bench.sam_decoder_flops(model, n) == bench.matmul_flops(
+        lambda v, e, c, l: model.apply(v, e, c, l, method=model.decode), v, *args)
+
+
+# --- MFU and peaks ----------------------------------------------------------------------------------------
+
+
+def test_peak_lookup_and_mfu_arithmetic():
+    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == pytest.approx(989.4)
+    assert bench.peak_tflops("NVIDIA H200", "bfloat16") == pytest.approx(989.4)
+    assert bench.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == pytest.approx(756.0)
+    assert bench.peak_tflops("cpu", "float32") is None
+    assert bench.peak_tflops("TPU v4", "float32") is None
+    # ViT-B/16 bf16 train step, batch 256, in 0.1 s on an H100: 3 · 35.13 GFLOP · 256 / 0.1 s / 989.4 TFLOP/s.
+    flops = bench.train_flops(bench.vit_flops(vit_variant("B/16"), 256))
+    assert bench.mfu(flops, 0.1, 989.4) == pytest.approx(3 * 35.127656448e9 * 256 / 0.1 / 989.4e12)
+    assert bench.mfu(flops, 0.1, None) is None
+
+
+def test_matmul_reference_is_measured():
+    assert 0 < bench.matmul_tflops("float32", 256, iters=2) < 1e4
+
+
+# --- the harness end to end on tiny models ----------------------------------------------------------------
+
+ITERS, REPEATS = 2, 2
+
+
+@pytest.fixture(scope="module")
+def records():
+    cases = [
+        bench.vit_case("B/16", 2, "float32", "einsum", "forward", **SMALL_VIT),
+        bench.vit_case("B/16", 2, "bfloat16", "xla", "train", **SMALL_VIT),
+        bench.vit_case("B/16", 2, "bfloat16", "cudnn", "forward", **SMALL_VIT),
+        bench.sam_encoder_case("tiny", 1),
+        bench.sam_decoder_case("tiny", 3),
+    ]
+    return bench.run_group(cases, warmup=1, iters=ITERS, repeats=REPEATS, peak=50.0)
+
+
+def test_records_are_well_formed(records):
+    fwd, train, cudnn, enc, dec = records
+    for r in (fwd, train, enc, dec):
+        assert "error" not in r and "skipped" not in r, r
+        assert len(r["times_s"]) == ITERS * REPEATS and len(r["round_medians_s"]) == REPEATS
+        assert r["step_s"] == pytest.approx(float(np.median(r["times_s"])))
+        assert 0 < r["min_s"] <= r["step_s"]
+        assert r["compile_s"] > 0 and r["executable_bytes"] > 0
+        assert r["throughput_per_s"] == pytest.approx(r["batch"] / r["step_s"])
+        assert r["tflops_per_s"] * 1e12 * r["step_s"] == pytest.approx(r["flops"])
+        assert r["mfu"] == pytest.approx(r["tflops_per_s"] / 50.0)
+        assert r["device"] == jax.devices()[0].device_kind
+        json.dumps(bench._jsonable(r))
+    assert (fwd["mode"], fwd["impl"], fwd["unit"]) == ("forward", "vitsam/einsum", "images")
+    assert (train["mode"], train["dtype"], train["kernel"]) == ("train", "bfloat16", "xla")
+    assert dec["unit"] == "prompts" and dec["batch"] == 3
+    if jax.default_backend() != "gpu":
+        assert "NVIDIA GPU" in cudnn["skipped"] and "step_s" not in cudnn
+
+
+def test_record_flops_are_the_formulas_and_close_to_xla(records):
+    fwd, train, _, enc, dec = records
+    vit = vit_variant("B/16", **SMALL_VIT)
+    assert fwd["flops"] == bench.vit_flops(vit, 2)
+    assert train["flops"] == 3 * bench.vit_flops(vit, 2)
+    assert enc["flops"] == bench.sam_encoder_flops(sam_variant("tiny"), 1)
+    assert dec["flops"] == bench.sam_decoder_flops(sam_variant("tiny"), 3)
+    # XLA also counts softmax, norms, activations (and in a train step the optimizer's per-parameter
+    # arithmetic, large beside a tiny batch): a little above the model FLOPs.
+    for r, high in ((fwd, 1.15), (train, 1.25), (enc, 1.15)):
+        assert 1.0 <= r["flops_xla"] / r["flops"] <= high, (r["impl"], r["mode"], r["flops_xla"] / r["flops"])
+
+
+def test_one_case_at_a_time_gives_the_same_records():
+    cases = [bench.vit_case("B/16", 1, "float32", k, **dict(SMALL_VIT, depth=1)) for k in ("einsum", "cudnn")]
+    recs = bench.run_group(cases, warmup=1, iters=2, repeats=2, interleave=False)
+    assert [r["kernel"] for r in recs] == ["einsum", "cudnn"]
+    assert len(recs[0]["times_s"]) == 4 and recs[0]["step_s"] > 0
+    assert "skipped" in recs[1] or jax.default_backend() == "gpu"
+
+
+def test_markdown_table_has_a_row_per_record_and_the_ratio_column(records):
+    torch_like = dict(records[0], framework="torch", impl="timm", step_s=records[0]["step_s"] * 2)
+    table = bench.markdown_table(list(records) + [torch_like])
+    lines = table.splitlines()
+    assert len(lines) == 2 + len(records) + 1
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "2.00× (timm)" in lines[2]  # the vitsam forward row against a peer twice as slow
+    assert "NVIDIA GPU" in table or jax.default_backend() == "gpu"
+
+
+def test_train_step_learns():
+    model = vit_variant("B/16", num_classes=4, **dict(SMALL_VIT, depth=1))
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.standard_normal((4, 32, 32, 3), np.float32))
+    labels = jnp.asarray([0, 1, 2, 3])
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), images)["params"]
+    step, opt_state = bench.adamw_train_step(model, params, lr=1e-3)
+    step = jax.jit(step, donate_argnums=(0, 1))
+    losses = []
+    for _ in range(12):
+        params, opt_state, loss = step(params, opt_state, images, labels)
+        losses.append(float(loss))
+    assert losses[0] == pytest.approx(math.log(4), rel=0.05)  # a zero-initialised head
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_cli_bench_writes_json_and_markdown(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["bench", "--model", "vit:Ti/16", "--image-size", "32", "--set", "patch_size=8", "--set", "depth=1",
+            "--batch", "1,2", "--kernel", "einsum,cudnn", "--iters", "2", "--warmup", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    data = json.loads(out.read_text())
+    env, results = data["environment"], data["results"]
+    assert env["command"].startswith("vitsam bench --model vit:Ti/16 --batch 1,2")
+    assert len(env["loadavg"]) == 3 and env["device_kind"] == jax.devices()[0].device_kind
+    assert env["versions"]["jax"] == jax.__version__
+    assert [(r["batch"], r["kernel"]) for r in results] == [(1, "einsum"), (1, "cudnn"), (2, "einsum"), (2, "cudnn")]
+    assert results[0]["overrides"] == {"patch_size": 8, "depth": 1} and results[0]["step_s"] > 0
+    md = out.with_suffix(".md").read_text()
+    assert "| model | mode | batch |" in md and "load average" in md
+    assert "| vit:Ti/16 | forward | 2 | float32 | vitsam/einsum |" in capsys.readouterr().out
+
+
+def test_bad_requests_are_clear_errors(capsys):
+    with pytest.raises(ValueError, match="unknown model"):
+        bench.parse_model("resnet:50")
+    with pytest.raises(ValueError, match="SAM part"):
+        bench.parse_model("sam:vit_b:neck")
+    with pytest.raises(ValueError, match="unknown SAM variant"):
+        bench.parse_model("sam:vit_x")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        bench.vit_case("B/16", 1, "float16")
+    with pytest.raises(ValueError, match="forward pass only"):
+        bench.sweep_cases("sam:vit_b", "train", 1, "float32", ["einsum"])
+    assert cli.main(["bench", "--model", "vit:B/99x"]) == 2
+    assert "unknown ViT variant" in capsys.readouterr().err
+
+
+# --- PyTorch peers (pytest -m parity) ---------------------------------------------------------------------
+
+
+@pytest.mark.parity
+def test_timm_peer_is_the_same_size_as_vitsam():
+    pytest.importorskip("timm")
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    from vitsam.params import abstract_init, count_params
+
+    model = vit_variant("B/16")
+    v = abstract_init(model, S((1, 224, 224, 3), jnp.float32))
+    timm_model = TimmViT(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                         num_classes=1000)
+    assert count_params(v["params"]) == sum(p.numel() for p in timm_model.parameters()) == 86_567_656
+
+
+@pytest.mark.parity
+def test_sdpa_attention_peer_equals_the_official_attention():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("segment_anything")
+    torch.manual_seed(0)
+    encoder = bench._official_sam("tiny").image_encoder.eval()
+    with torch.no_grad():
+        for name, p in encoder.named_parameters():
+            if "rel_pos" in name:
+                p.copy_(0.1 * torch.randn_like(p))  # the default zeros would hide the relative-position term
+        x = torch.randn(1, 3, 256, 256)
+        ref = encoder(x)
+        bench.use_sdpa_attention(encoder)
+        out = encoder(x)
+    assert out.shape == ref.shape == (1, 64, 16, 16)
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parity
+def test_torch_peers_run_on_the_same_problem():
+    pytest.importorskip("timm")
+    pytest.importorskip("segment_anything")
+    tiny_vit = dict(image_size=32, patch_size=8, width=32, depth=1, mlp_dim=64, num_heads=2)
+    cases = [bench.timm_vit_case("Ti/16", 2, "float32", "forward", **tiny_vit),
+             bench.timm_vit_case("Ti/16", 2, "bfloat16", "train", **tiny_vit),
+             bench.torch_sam_encoder_case("tiny", 1, "bfloat16", sdpa=True),
+             bench.torch_sam_decoder_case("tiny", 3)]
+    recs = bench.run_group(cases, warmup=1, iters=2)
+    for r in recs:
+        assert "error" not in r, r
+        assert r["framework"] == "torch" and r["step_s"] > 0 and r["torch_threads"] >= 1
+    vit = vit_variant("Ti/16", **tiny_vit)
+    assert recs[0]["flops"] == bench.vit_flops(vit, 2) and recs[1]["flops"] == 3 * bench.vit_flops(vit, 2)
+    assert recs[0]["timm_fused_attn"] is True
+    assert recs[2]["impl"] == "segment-anything+sdpa"
+    assert recs[3]["flops"] == bench.sam_decoder_flops(sam_variant("tiny"), 3)
+
+
+@pytest.mark.parity
+@pytest.mark.slow
+def test_compiled_bf16_peers_run():
+    # The GPU peers (bf16 + SDPA + torch.compile), exercised on the CPU with tiny models (about a minute of
+    # compilation; needs a C++ compiler for torch.compile's CPU backend).
+    pytest.importorskip("timm")
+    pytest.importorskip("segment_anything")
+    tiny_vit = dict(image_size=32, patch_size=8, width=32, depth=1, mlp_dim=64, num_heads=2)
+    cases = [bench.timm_vit_case("Ti/16", 2, "bfloat16", "train", compile=True, **tiny_vit),
+             bench.torch_sam_encoder_case("tiny", 1, "bfloat16", sdpa=True, compile=True),
+             bench.torch_sam_decoder_case("tiny", 2, "bfloat16", compile=True)]
+    recs = bench.run_group(cases, warmup=1, iters=2)
+    assert [r["impl"] for r in recs] == ["timm+compile", "segment-anything+sdpa+compile", "segment-anything+compile"]
+    for r in recs:
+        assert "error" not in r, r
+        assert r["step_s"] > 0
+
+
+# --- GPU paths (pytest -m gpu) ----------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_cudnn_and_compiled_peers():
+    if jax.default_backend() != "gpu":
+        pytest.skip("needs an NVIDIA GPU")
+    cases = bench.sweep_cases("vit:B/16", "train", 32, "bfloat16", ["xla", "cudnn"], torch=bench.torch_available())
+    cases += bench.sweep_cases("sam:vit_b", "forward", 1, "bfloat16", ["cudnn"], torch=bench.torch_available())
+    recs = bench.run_group(cases, warmup=2, iters=3)
+    for r in recs:
+        assert "error" not in r and "skipped" not in r, r
+        assert r["mfu"] is not None and 0 < r["mfu"] < 1
+        assert (r.get("executable_bytes") or r.get("device_peak_bytes")) > 0
+    if bench.torch_available():
+        assert any(r["impl"] == "timm+compile" for r in recs)
+        assert any(r["impl"] == "segment-anything+sdpa+compile" for r in recs)
