@@ -34,16 +34,21 @@ def get_config():
     c.data.image_size = 1024    # the model's input: longest side 1024, zero-padded
     c.data.max_masks = 16
     c.data.eval_max_masks = 16
+    c.data.cache_in_memory = False
     c.data.num_threads = 8
     c.data.worker_count = 4
 
-    c.model.drop_path = 0.1     # the architecture comes from init_from; only training fields apply
+    c.model.image_size = None   # the architecture comes from init_from; only training fields apply
+    c.model.patch_size = None
+    c.model.drop_path = 0.1
     c.model.dtype = "bfloat16"
     c.model.remat = True
     c.model.attention_impl = "einsum"
 
     c.sim.num_rounds = 11       # the paper: 1 first prompt, 8 sampled points, 2 mask-only rounds
     c.sim.mask_only_rounds = 2
+    c.sim.refine_per_image = 0  # every mask goes through every round
+    c.sim.box_prob = 0.5        # the paper: a point or a box with equal probability
     c.sim.text = False
 
     c.eval.clicks = 5

@@ -22,9 +22,10 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from tqdm import tqdm
 
-from train.optim import make_optimizer
+from train.optim import make_optimizer, param_path
 from vitsam import parallel
 from vitsam.checkpoint import Checkpointer
 
@@ -34,6 +35,7 @@ class TrainState:
     step: jax.Array  # () int32
     params: Any
     opt_state: Any
+    constants: Any  # fixed, non-trained variables saved with the params ({} when none), e.g. SAM's "constants"
 
 
 @dataclasses.dataclass
@@ -45,8 +47,16 @@ class Task:
     train_iterator(per_process_batch) -> an endless iterator of numpy batch dicts with get_state()/set_state().
     eval_iterator(per_process_batch) -> one pass of numpy batch dicts (an optional bool "mask" (b,) marks padding).
     eval_fn(params, batch) -> dict of per-example values (B,), averaged over the eval set.
+      An eval value may also be a pair (values (B,), weights (B,)): it is then averaged with those weights
+      (e.g. a per-image mean over a varying number of masks, weighted by that number, averages over masks).
     initial_params() -> host (numpy) params to start from instead of `init_params` (fine-tuning); they are
     placed on the mesh directly rather than baked into a jitted init as constants.
+    constants: host arrays that are not trained but belong with the params (SAM's fixed Fourier matrix); they
+    are saved in every checkpoint as `constants` (so `vitsam.checkpoint.load_trained` returns them as a
+    variable collection). The task's functions close over them.
+    trainable(path) -> bool: which parameters the optimizer updates (path: tuple of key names); others are frozen
+    (zero update, no optimizer state, no weight decay). None: all.
+    lr_scale(path) -> float: a per-parameter learning-rate multiplier (e.g. layer-wise lr decay). None: 1.
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -55,6 +65,9 @@ class Task:
     eval_iterator: Callable[[int], Iterable] | None = None
     eval_fn: Callable[[Any, dict], dict] | None = None
     initial_params: Callable[[], Any] | None = None
+    constants: Any = None
+    trainable: Callable[[tuple[str, ...]], bool] | None = None
+    lr_scale: Callable[[tuple[str, ...]], float] | None = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -134,39 +147,66 @@ def make_train_step(task: Task, tx, schedule, accum_steps: int, base_rng: jax.Ar
             (loss, aux, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), _microbatches(batch, accum_steps)))
             loss, aux, grads = jax.tree.map(lambda x: x / accum_steps, (loss, aux, grads))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = jax.tree.map(lambda p, u: p + u, state.params, updates)
-        metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": _global_norm(grads), **aux}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": optax.global_norm(grads), **aux}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, constants=state.constants), metrics
 
     return step_fn
 
 
-def _global_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
-
-
 def make_eval_step(task: Task):
+    """(params, batch) -> (weighted sums, sums of weights) per metric, and the count of real examples."""
+
     def eval_step(params, batch):
         values = task.eval_fn(params, batch)
-        mask = batch["mask"].astype(jnp.float32) if "mask" in batch else None
-        sums = {k: jnp.sum(v * mask) if mask is not None else jnp.sum(v) for k, v in values.items()}
-        count = jnp.sum(mask) if mask is not None else jnp.asarray(next(iter(values.values())).shape[0], jnp.float32)
-        return sums, count
+        some = next(iter(values.values()))
+        size = (some[0] if isinstance(some, tuple) else some).shape[0]
+        mask = batch["mask"].astype(jnp.float32) if "mask" in batch else jnp.ones((size,), jnp.float32)
+        sums, weights = {}, {}
+        for k, v in values.items():
+            v, w = v if isinstance(v, tuple) else (v, None)
+            w = mask if w is None else mask * w.astype(jnp.float32)
+            sums[k], weights[k] = jnp.sum(v * w), jnp.sum(w)
+        return sums, weights, jnp.sum(mask)
 
     return eval_step
 
 
 def evaluate(eval_step, params, task: Task, local_batch: int, mesh) -> dict:
     totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
     count = 0.0
     for batch in task.eval_iterator(local_batch):
-        sums, n = eval_step(params, parallel.shard_batch(batch, mesh))
-        for k, v in jax.device_get(sums).items():
-            totals[k] = totals.get(k, 0.0) + float(v)
+        sums, w, n = jax.device_get(eval_step(params, parallel.shard_batch(batch, mesh)))
+        for k in sums:
+            totals[k] = totals.get(k, 0.0) + float(sums[k])
+            weights[k] = weights.get(k, 0.0) + float(w[k])
         count += float(n)
     if not count:
         raise ValueError("the eval split yielded no examples")
-    return {k: v / count for k, v in totals.items()} | {"examples": int(count)}
+    # A metric whose weights were all zero (e.g. no example had a text prompt) is NaN, not an error.
+    return {k: totals[k] / weights[k] if weights[k] else float("nan") for k in totals} | {"examples": int(count)}
+
+
+def command_main(program: str, train: Callable, config_flag, workdir_flag) -> Callable:
+    """The absl `main` of a trainer: `train(config, workdir)`, its expected failures (a bad config, a missing
+    dataset, a NaN loss) as one-line errors, the final eval printed."""
+
+    def main(argv) -> None:
+        from absl import app, flags, logging
+
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console for the bar
+            logging.set_verbosity(logging.WARNING)
+        try:
+            result = train(config_flag.value, workdir_flag.value)
+        except (ValueError, FileNotFoundError, NonFiniteLossError) as e:
+            raise SystemExit(f"{program}: error: {e}") from None
+        if result:
+            print("final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+
+    return main
 
 
 def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> dict:
@@ -182,15 +222,18 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
     if accum < 1 or (cfg.batch_size // mesh.size) % accum:
         raise ValueError(f"grad_accum_steps={accum} must divide the per-device batch {cfg.batch_size // mesh.size}")
     total = int(cfg.total_steps)
-    tx, schedule = make_optimizer(cfg.optim, total)
+    tx, schedule = make_optimizer(cfg.optim, total, trainable=task.trainable, lr_scale=task.lr_scale)
     is_main = jax.process_index() == 0
 
     root = jax.random.PRNGKey(cfg.seed)
     init_rng, step_rng = jax.random.split(root)
 
+    constants = {} if task.constants is None else task.constants
+
     def init(rng):
         params = task.init_params(rng)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          constants=jax.tree.map(jnp.asarray, constants))
 
     rep = parallel.replicated(mesh)
     abstract = jax.eval_shape(init, init_rng)
@@ -210,9 +253,17 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
             state = jax.jit(init, out_shardings=shardings)(init_rng)
         else:
             params = jax.device_put(task.initial_params(), shardings.params)
-            state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), out_shardings=shardings)(params)
+            consts = jax.device_put(constants, shardings.constants)
+            state = jax.jit(lambda p, c: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p), c),
+                            out_shardings=shardings)(params, consts)
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
-        status(f"initialised {n_params:,} parameters on {mesh.size} device(s), {jax.process_count()} process(es)")
+        frozen = ""
+        if task.trainable is not None:
+            n_train = sum(x.size for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
+                          if task.trainable(param_path(path)))
+            frozen = f" ({n_train:,} trainable)"
+        status(f"initialised {n_params:,} parameters{frozen} on {mesh.size} device(s), "
+               f"{jax.process_count()} process(es)")
     start_step = step
     log = MetricsLog(workdir / "metrics.jsonl", step, enabled=is_main)
 
@@ -225,7 +276,8 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
 
     def check_finite(pending: list, upto: int) -> list:
-        for offset, m in enumerate(jax.device_get(pending)):
+        fetched = jax.device_get(pending)
+        for offset, m in enumerate(fetched):
             loss = float(m["loss"])
             if not math.isfinite(loss):
                 ckpt.wait()
@@ -234,7 +286,7 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
                     f"loss is {loss} at step {upto - len(pending) + offset + 1}; stopping. "
                     + (f"The last good checkpoint (step {good}) in {ckpt.directory} is intact."
                        if good is not None else "No checkpoint had been written yet."))
-        return jax.device_get(pending)
+        return fetched
 
     last_eval: dict = {}
     pending: list = []

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from train import loop
@@ -110,17 +110,7 @@ def train(cfg, workdir) -> dict:
     return loop.run(cfg, workdir, classification_task(cfg, model, train_source, eval_source, initial_params))
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console for the progress bar
-        logging.set_verbosity(logging.WARNING)
-    try:
-        result = train(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError, loop.NonFiniteLossError) as e:
-        raise SystemExit(f"train.vit: error: {e}") from None
-    if result:
-        print("final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+main = loop.command_main("train.vit", train, _CONFIG, _WORKDIR)
 
 
 if __name__ == "__main__":

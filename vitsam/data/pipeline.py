@@ -146,26 +146,32 @@ def _decode_only(source, keys: Sequence[str]):
 
 @dataclasses.dataclass(frozen=True)
 class InMemorySource:
-    """Decoded features held as stacked NumPy arrays: a random-access source for small datasets
-    (vitsam_shapes train: 12,000 x 64 x 64 x 3 uint8 = 147 MB), which skips the per-read record
-    parsing and PNG decoding. Keeps the TFDS `dataset_info` for class names."""
+    """Decoded features held in memory: a random-access source for small datasets (vitsam_shapes
+    train: 12,000 x 64 x 64 x 3 uint8 = 147 MB of images), which skips the per-read record parsing
+    and PNG decoding. A fixed-shape feature is one stacked NumPy array; a nested one (a Sequence
+    such as "objects", a varying number of masks per example) a list with one entry per example.
+    Keeps the TFDS `dataset_info` for class names."""
 
-    columns: dict[str, np.ndarray]
+    columns: dict[str, np.ndarray | list]
     dataset_info: Any = None
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values())))
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, index: int) -> dict:
         return {k: v[index] for k, v in self.columns.items()}
 
 
 def cache_in_memory(source, keys: Sequence[str] = ("image", "label")) -> InMemorySource:
-    """Reads and decodes the features `keys` of every example once (images of one size only)."""
+    """Reads and decodes the features `keys` of every example once. Array features must have one
+    shape across examples; nested (dict) features, e.g. "objects", are kept per example."""
     light = _decode_only(source, list(keys))
     records = [light[i] for i in range(len(light))]
     columns = {}
     for key in keys:
+        if records and isinstance(records[0][key], dict):
+            columns[key] = [r[key] for r in records]
+            continue
         values = [np.asarray(r[key]) for r in records]
         shapes_seen = {v.shape for v in values}
         if len(shapes_seen) > 1:

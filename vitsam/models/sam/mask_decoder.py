@@ -97,8 +97,11 @@ class MaskDecoder(nn.Module):
         return masks, iou.astype(jnp.float32)
 
     @staticmethod
-    def select(masks: jnp.ndarray, iou: jnp.ndarray, multimask_output: bool):
-        """Masks 1… (multimask) or mask 0 (single): (N, C, H, W), (N, C) with C = 3 or 1."""
+    def select(masks: jnp.ndarray, iou: jnp.ndarray, multimask_output: bool | None):
+        """Masks 1… (multimask) or mask 0 (single): (N, C, H, W), (N, C) with C = 3 or 1; None keeps all
+        1 + num_multimask_outputs (for training, which needs both kinds from one call)."""
+        if multimask_output is None:
+            return masks, iou
         if multimask_output:
             return masks[:, 1:], iou[:, 1:]
         return masks[:, :1], iou[:, :1]

@@ -114,7 +114,8 @@ class Sam(nn.Module):
 
     def decode(self, image_embeddings, point_coords=None, point_labels=None, boxes=None, mask_input=None,
                text_ids=None, multimask_output: bool = True):
-        """Prompts -> low-res mask logits (N, C, 4h, 4w) and IoU predictions (N, C), C = 3 or 1.
+        """Prompts -> low-res mask logits (N, C, 4h, 4w) and IoU predictions (N, C), C = 3 or 1
+        (multimask_output None: all 4, the single-mask output first).
 
         image_embeddings (N, h, w, D), one per prompt set; point_coords (N, P, 2) and point_labels (N, P);
         boxes (N, 4); mask_input (N, 4h, 4w, 1) low-res logits; text_ids (N, L). Each may be None.
