@@ -2,6 +2,7 @@
 k clicks / text, exact resume after SIGKILL, the workdir loading as a model; frozen encoder, layer-wise lr decay,
 drop path, fine-tuning from a converted checkpoint; clear config errors before any compute."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -127,7 +128,8 @@ def test_frozen_encoder_with_layer_decay_and_drop_path_trains_only_the_decoder(t
     cfg.model.window_size = 2
     train_src, eval_src, names = ts.open_sources(cfg)
     model, _ = ts.build_model(cfg)
-    task = ts.sam_task(cfg, model, train_src, eval_src, names)
+    # No eval here (the first test covers it): compiling it would double this test's time.
+    task = dataclasses.replace(ts.sam_task(cfg, model, train_src, eval_src, names), eval_fn=None)
     init = jax.jit(task.init_params)(jax.random.split(jax.random.PRNGKey(cfg.seed))[0])
     loop.run(cfg, tmp_path, task, status=lambda s: None)
     from vitsam.checkpoint import Checkpointer
