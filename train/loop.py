@@ -188,6 +188,20 @@ def evaluate(eval_step, params, task: Task, local_batch: int, mesh) -> dict:
     return {k: totals[k] / weights[k] if weights[k] else float("nan") for k in totals} | {"examples": int(count)}
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def model_overrides(model_cfg) -> dict:
+    """A config's `model` section as keyword overrides of a variant: "variant" dropped, None (keep the
+    variant's value) dropped, the dtype name resolved, lists made tuples (ml_collections stores tuples as lists)."""
+    m = model_cfg.to_dict()
+    m.pop("variant")
+    if m.get("dtype") not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.get('dtype')!r}")
+    m["dtype"] = DTYPES[m["dtype"]]
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in m.items() if v is not None}
+
+
 def command_main(program: str, train: Callable, config_flag, workdir_flag) -> Callable:
     """The absl `main` of a trainer: `train(config, workdir)`, its expected failures (a bad config, a missing
     dataset, a NaN loss) as one-line errors, the final eval printed."""

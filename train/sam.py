@@ -47,7 +47,6 @@ _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sam_shap
 _CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "training recipe (a configs/*.py file)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics.jsonl go", required=True)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Fields that change how a model trains, not its parameters: a fine-tuning config may set them.
 TRAINING_FIELDS = ("drop_path", "dtype", "remat", "attention_impl")
 FORMATS = ("tfds", "sa1b", "coco")
@@ -56,20 +55,11 @@ FORMATS = ("tfds", "sa1b", "coco")
 # ----------------------------------------------------------------------------- model
 
 
-def _model_overrides(cfg) -> dict:
-    m = cfg.model.to_dict()
-    m.pop("variant")
-    if m.get("dtype") not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.get('dtype')!r}")
-    m["dtype"] = DTYPES[m["dtype"]]
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in m.items() if v is not None}
-
-
 def build_model(cfg) -> tuple[Sam, dict | None]:
     """(model, host variables or None). From scratch: `cfg.model.variant` plus overrides (None keeps the
     variant's value). With `cfg.init_from` (a `vitsam convert` folder, a training workdir or an official
     sam_vit_*.pth): that checkpoint's architecture and variables, with only the training fields of `cfg.model`."""
-    overrides = _model_overrides(cfg)
+    overrides = loop.model_overrides(cfg.model)
     if not cfg.init_from:
         try:
             return sam_variant(cfg.model.variant, **overrides), None

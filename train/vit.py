@@ -25,27 +25,17 @@ _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "vit_shap
 _CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "training recipe (a configs/*.py file)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics.jsonl go", required=True)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 # Fields that change how a model trains, not its parameters: a fine-tuning config may set them.
 TRAINING_FIELDS = ("dropout", "drop_path", "dtype", "remat", "attention_impl")
 
 
-def _model_overrides(cfg) -> dict:
-    m = cfg.model.to_dict()
-    m.pop("variant")
-    if m.get("dtype") not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.get('dtype')!r}")
-    m["dtype"] = DTYPES[m["dtype"]]
-    return {k: v for k, v in m.items() if v is not None}
-
-
 def build_model(cfg, num_classes: int):
     """(model, host params or None). From scratch: `cfg.model.variant` plus field overrides (None keeps the
     variant's value). With `cfg.init_from`: the architecture of that checkpoint (resampled to the data's image
     size, with a fresh head when the class count differs) and only the training fields of `cfg.model`."""
-    overrides = _model_overrides(cfg)
+    overrides = loop.model_overrides(cfg.model)
     if not cfg.init_from:
         return vit_variant(cfg.model.variant, num_classes=num_classes, image_size=cfg.data.image_size, **overrides), None
     from vitsam.convert import load_vit_checkpoint
