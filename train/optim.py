@@ -3,7 +3,7 @@ optionally frozen parameters and per-parameter learning-rate multipliers (layer-
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,10 +32,6 @@ def param_path(path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-class _ScaleState(NamedTuple):
-    pass
-
-
 def scale_by_path(scale: Callable[[tuple[str, ...]], float]) -> optax.GradientTransformation:
     """Multiplies each parameter's update by `scale(path)` (constant per parameter)."""
 
@@ -44,7 +40,7 @@ def scale_by_path(scale: Callable[[tuple[str, ...]], float]) -> optax.GradientTr
         return jax.tree_util.tree_map_with_path(
             lambda path, u: u * jnp.asarray(scale(param_path(path)), u.dtype), updates), state
 
-    return optax.GradientTransformation(lambda params: _ScaleState(), update)
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def make_optimizer(cfg, total_steps: int, *, trainable: Callable[[tuple[str, ...]], bool] | None = None,
