@@ -30,6 +30,8 @@ def get_config():
     c.data.eval_split = "validation"
     c.data.image_size = 224
     c.data.crop_scale_min = 0.08
+    c.data.rotate90 = False            # a random multiple of 90°: only for orientation-free labels
+    c.data.permute_channels = False    # a random RGB order: only for colour-free labels
     c.data.eval_crop_fraction = 0.875
     c.data.cache_in_memory = False
     c.data.num_threads = 16

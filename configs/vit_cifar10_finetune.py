@@ -30,6 +30,8 @@ def get_config():
     c.data.eval_split = "test"
     c.data.image_size = 224
     c.data.crop_scale_min = 0.5
+    c.data.rotate90 = False            # a random multiple of 90°: only for orientation-free labels
+    c.data.permute_channels = False    # a random RGB order: only for colour-free labels
     c.data.cache_in_memory = False
     c.data.num_threads = 8
     c.data.worker_count = 16

@@ -21,5 +21,7 @@ def get_config():
     c.data.train_split = "train"
     c.data.eval_split = "test"
     c.data.crop_scale_min = 0.3
+    c.data.rotate90 = False            # a random multiple of 90°: only for orientation-free labels
+    c.data.permute_channels = False    # a random RGB order: only for colour-free labels
     c.optim.warmup_steps = 200
     return c

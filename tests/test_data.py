@@ -203,6 +203,23 @@ def test_train_batches(train_src):
     np.testing.assert_array_equal(batch["label"], labels)
 
 
+def test_rotate90_and_permute_channels_apply_one_of_the_24_transforms(train_src):
+    import itertools
+
+    # A full-image crop, no flip: each output must be rot90(source, k)[..., perm] for some k and channel order.
+    it = _train_iter(train_src, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False, rotate90=True,
+                     permute_channels=True)
+    seen = set()
+    for batch in _take(it, 2):
+        for image, index in zip(batch["image"], batch["index"]):
+            source = transforms.normalize(train_src[int(index)]["image"])
+            matches = [(k, perm) for k in range(4) for perm in itertools.permutations(range(3))
+                       if np.allclose(np.rot90(source, k)[..., list(perm)], image, atol=1e-6)]
+            assert matches, f"example {index} is not a rotation + channel permutation of its source"
+            seen.update(matches)
+    assert {k for k, _ in seen} == {0, 1, 2, 3} and len({p for _, p in seen}) == 6
+
+
 def test_train_order_is_deterministic_per_seed(train_src):
     a = _take(_train_iter(train_src, seed=0), 3)
     b = _take(_train_iter(train_src, seed=0, num_threads=0, prefetch=0), 3)

@@ -148,7 +148,7 @@ def make_train_step(task: Task, tx, schedule, accum_steps: int, base_rng: jax.Ar
             loss, aux, grads = jax.tree.map(lambda x: x / accum_steps, (loss, aux, grads))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": loss, "lr": schedule(state.step), "grad_norm": optax.tree.norm(grads), **aux}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, constants=state.constants), metrics
 
     return step_fn

@@ -71,7 +71,8 @@ def classification_task(cfg, model, train_source, eval_source, initial_params=No
 
     def train_iterator(local_batch):
         return pipeline.make_iterator(train_source, batch_size=local_batch, train=True,
-                                      crop_scale=(d.crop_scale_min, 1.0), **reading)
+                                      crop_scale=(d.crop_scale_min, 1.0), rotate90=d.rotate90,
+                                      permute_channels=d.permute_channels, **reading)
 
     def eval_iterator(local_batch):
         return pipeline.make_iterator(eval_source, batch_size=local_batch, train=False,

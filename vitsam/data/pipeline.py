@@ -256,6 +256,8 @@ class _ClassificationExample:
     crop_scale: tuple[float, float]
     crop_ratio: tuple[float, float]
     flip: bool
+    rotate90: bool
+    permute_channels: bool
     eval_crop_fraction: float
     mean: Any
     std: Any
@@ -271,6 +273,10 @@ class _ClassificationExample:
                                                    self.crop_ratio)
             if self.flip and rng.random() < 0.5:
                 image = transforms.horizontal_flip(image)
+            if self.rotate90:
+                image = np.rot90(image, k=int(rng.integers(4)))
+            if self.permute_channels:
+                image = image[..., rng.permutation(3)]
         else:
             image = transforms.resize_center_crop(image, self.image_size, self.eval_crop_fraction)
         return {
@@ -286,6 +292,7 @@ def make_iterator(source, batch_size: int, image_size: int, *, train: bool, seed
                   process_count: int | None = None,
                   crop_scale: tuple[float, float] | None = None,
                   crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True,
+                  rotate90: bool = False, permute_channels: bool = False,
                   eval_crop_fraction: float = 1.0,
                   mean: float | Sequence[float] = 127.5, std: float | Sequence[float] = 127.5,
                   num_threads: int = 2, prefetch: int = 4, worker_count: int = 0,
@@ -295,7 +302,9 @@ def make_iterator(source, batch_size: int, image_size: int, *, train: bool, seed
     Yields {"image": (b, S, S, 3) float32 (x - mean) / std, "label": (b,) int32, "mask": (b,) bool,
     "index": (b,) int32} with b = batch_size (per process) and S = image_size. Train: random resized crop (area
     fraction `crop_scale`, default DATASET_CROP_SCALE or (0.08, 1); aspect `crop_ratio`) and a
-    random horizontal flip. Eval: the central square of side eval_crop_fraction x shorter side,
+    random horizontal flip; optionally (for data whose labels do not depend on orientation or colour, like the
+    shapes) a random multiple of 90° rotation (`rotate90`) and a random order of the RGB channels
+    (`permute_channels`). Eval: the central square of side eval_crop_fraction x shorter side,
     resized to S (0.875 is the usual ImageNet 256 -> 224 crop). Grayscale images become RGB.
     process_index / process_count default to jax.process_index() / jax.process_count().
     The iterator has get_state() -> dict (JSON-serializable) and set_state(dict).
@@ -309,7 +318,8 @@ def make_iterator(source, batch_size: int, image_size: int, *, train: bool, seed
                         process_index=process_index, process_count=process_count)
     example = _ClassificationExample(
         source=source, image_size=image_size, train=train, crop_scale=tuple(crop_scale),
-        crop_ratio=tuple(crop_ratio), flip=flip, eval_crop_fraction=eval_crop_fraction,
+        crop_ratio=tuple(crop_ratio), flip=flip, rotate90=rotate90, permute_channels=permute_channels,
+        eval_crop_fraction=eval_crop_fraction,
         mean=mean, std=std, image_key=image_key, label_key=label_key)
     ds = ds.random_map(example, seed=_element_seed(seed, process_index))
     return _finish(ds, batch_size, train=train, num_threads=num_threads, prefetch=prefetch,
