@@ -274,3 +274,30 @@ def test_sam_init_runs_forward():
     logits, iou = jax.jit(lambda v, x: model.apply(v, x, jnp.array([[[64.0, 64.0]]]), jnp.array([[1]])))(variables, images)
     assert logits.shape == (1, 3, 64, 64) and iou.shape == (1, 3) and bool(jnp.all(jnp.isfinite(logits)))
     assert not jnp.any(variables["params"]["image_encoder"]["blocks_0"]["attn"]["rel_pos_h"])  # official: zero-init
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_upsample2x_equals_flax_conv_transpose_and_a_numpy_loop(dtype):
+    import flax.linen as nn
+
+    from vitsam.models.sam.mask_decoder import Upsample2x
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 3, 4, 6)), jnp.float32)
+    params = {"kernel": jnp.asarray(rng.normal(size=(2, 2, 6, 5)), jnp.float32),
+              "bias": jnp.asarray(rng.normal(size=(5,)), jnp.float32)}
+    ours = np.asarray(Upsample2x(5, dtype=dtype).apply({"params": params}, x), np.float32)
+    ref = nn.ConvTranspose(5, (2, 2), strides=(2, 2), padding="VALID", dtype=dtype)
+    theirs = np.asarray(ref.apply({"params": params}, x), np.float32)
+    assert ours.shape == (2, 6, 8, 5)
+    tol = 1e-5 if dtype == jnp.float32 else 5e-2
+    np.testing.assert_allclose(ours, theirs, atol=tol * 10, rtol=tol)
+    # Flax's transposed conv: out[2i + a, 2j + b] = x[i, j] @ kernel[1 - a, 1 - b] + bias.
+    xn, k, b = np.asarray(x, np.float64), np.asarray(params["kernel"], np.float64), np.asarray(params["bias"])
+    loop = np.zeros((2, 6, 8, 5))
+    for i in range(3):
+        for j in range(4):
+            for a in range(2):
+                for c in range(2):
+                    loop[:, 2 * i + a, 2 * j + c] = xn[:, i, j] @ k[1 - a, 1 - c] + b
+    np.testing.assert_allclose(theirs if dtype == jnp.float32 else ours, loop, atol=tol * 10, rtol=tol)

@@ -1,7 +1,7 @@
 """SAM's mask decoder: output tokens + prompt tokens attend with the image, then masks by hypernetworks.
 
 tokens = [IoU token, 4 mask tokens, sparse prompt tokens]; image = embedding + dense prompt embedding.
-After the two-way transformer the image tokens are upscaled 4× by two 2×2 transposed convs (D -> D/4 -> D/8),
+After the two-way transformer the image tokens are upscaled 4× by two 2×2 stride-2 transposed convs (D -> D/4 -> D/8, `Upsample2x`),
 each mask token goes through its own 3-layer MLP to a (D/8,) vector, and mask k is the dot product of
 that vector with every upscaled pixel. The IoU token predicts one quality score per mask.
 Mask 0 is the single-mask output; masks 1–3 are the multimask output for ambiguous prompts.
@@ -34,6 +34,30 @@ class MLP(nn.Module):
             if not last:
                 x = nn.relu(x)
         return x
+
+
+class Upsample2x(nn.Module):
+    """A 2×2 transposed convolution with stride 2: (N, h, w, C) -> (N, 2h, 2w, F).
+
+    Same parameters and numbers as `flax.linen.ConvTranspose(F, (2, 2), strides=(2, 2), padding="VALID")`
+    (`kernel` (2, 2, C, F), `bias` (F,)). With stride = kernel size the output windows do not overlap, so
+    output pixel (2i + a, 2j + b) is x[i, j] @ kernel[1 - a, 1 - b] (ConvTranspose's kernel is spatially
+    flipped against this direct form): one matmul and a depth-to-space reshape, faster than XLA:CPU's
+    transposed convolution.
+    """
+
+    features: int
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        n, h, w, c = x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, c, self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        dtype = self.dtype or x.dtype
+        y = jnp.einsum("nhwc,abcf->nhawbf", x.astype(dtype), kernel[::-1, ::-1].astype(dtype))
+        return y.reshape(n, 2 * h, 2 * w, self.features) + bias.astype(dtype)
 
 
 class MaskDecoder(nn.Module):
@@ -80,8 +104,7 @@ class MaskDecoder(nn.Module):
         iou_out, mask_out = hs[:, 0], hs[:, 1:1 + num_masks]
 
         gelu = get_activation("gelu")
-        up = lambda f, name: nn.ConvTranspose(f, (2, 2), strides=(2, 2), padding="VALID", dtype=self.dtype,  # noqa: E731
-                                              param_dtype=self.param_dtype, name=name)
+        up = lambda f, name: Upsample2x(f, dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
         x = src.reshape(n, h, w, d)
         x = up(d // 4, "upscale_conv1")(x)
         x = gelu(nn.LayerNorm(1e-6, dtype=self.dtype, param_dtype=self.param_dtype, use_fast_variance=False,
