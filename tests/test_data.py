@@ -220,6 +220,60 @@ def test_rotate90_and_permute_channels_apply_one_of_the_24_transforms(train_src)
     assert {k for k, _ in seen} == {0, 1, 2, 3} and len({p for _, p in seen}) == 6
 
 
+@pytest.mark.parametrize("rotate90, permute_channels", [(False, False), (True, True)])
+def test_batched_augmentation_equals_the_per_image_pil_path(train_src, rotate90, permute_channels):
+    """The whole-batch crop / resize / flip (matrix products) against one PIL call per image, with the same seed:
+    the same examples, and images equal to within PIL's rounding (one grey level, 2 / 255 after normalizing)."""
+    kw = dict(crop_scale=(0.3, 1.0), rotate90=rotate90, permute_channels=permute_channels)
+    batched = _take(_train_iter(train_src, batch_augment=True, **kw), 2)
+    per_image = _take(_train_iter(train_src, batch_augment=False, **kw), 2)
+    for a, b in zip(batched, per_image):
+        assert a.keys() == b.keys()
+        np.testing.assert_array_equal(a["index"], b["index"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+        assert a["image"].dtype == np.float32 and a["image"].shape == b["image"].shape
+        np.testing.assert_allclose(a["image"], b["image"], atol=1 / 127.5 + 1e-6)
+        assert np.mean(a["image"] != b["image"]) < 0.3
+    # The default picks the batched path for vitsam_shapes' fixed 64 x 64 images.
+    assert _equal_batches(_take(_train_iter(train_src, **kw), 2), batched)
+
+
+def test_resize_batch_matches_pil_when_shrinking_and_for_non_square_images():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(6, 50, 80, 3)).astype(np.uint8)
+    boxes = np.array([transforms.sample_crop_box(rng, 50, 80, (0.08, 1.0)) for _ in range(6)])
+    for size in (16, 96):  # shrinking (antialiased) and enlarging
+        expected = np.stack([transforms.resize(im, (size, size), box=tuple(b)) for im, b in zip(images, boxes)])
+        flip = np.array([True, False] * 3)
+        got = transforms.resize_batch(images, boxes, size, flip=flip)
+        expected[flip] = expected[flip][:, :, ::-1]
+        assert got.shape == (6, size, size, 3) and got.dtype == np.float32
+        assert np.abs(np.rint(got) - expected).max() <= 1
+
+
+def test_resize_batch_rotations_equal_np_rot90_after_pil():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(8, 40, 40, 3)).astype(np.uint8)
+    boxes = np.array([transforms.sample_crop_box(rng, 40, 40, (0.3, 1.0)) for _ in range(8)])
+    flip, k = np.arange(8) % 2 == 1, np.arange(8) // 2  # every flip x rotation pair
+    got = transforms.resize_batch(images, boxes, 24, flip=flip, rot90=k)
+    for i in range(8):
+        expected = transforms.resize(images[i], (24, 24), box=tuple(boxes[i]))
+        expected = np.rot90(expected[:, ::-1] if flip[i] else expected, k[i])
+        assert np.abs(np.rint(got[i]) - expected).max() <= 1, (flip[i], k[i])
+    with pytest.raises(ValueError, match="square"):
+        transforms.resize_batch(np.zeros((1, 8, 9, 3), np.uint8), np.array([[0, 0, 9, 8]]), 4, rot90=np.array([1]))
+
+
+def test_batch_augment_needs_one_image_shape():
+    ragged = pipeline.InMemorySource({"image": [np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)],
+                                      "label": np.zeros(2, np.int64)})
+    with pytest.raises(ValueError, match="one declared shape"):
+        pipeline.make_iterator(ragged, 1, 8, train=True, batch_augment=True, process_index=0, process_count=1)
+    batch = next(pipeline.make_iterator(ragged, 2, 8, train=True, process_index=0, process_count=1))  # per image
+    assert batch["image"].shape == (2, 8, 8, 3)
+
+
 def test_train_order_is_deterministic_per_seed(train_src):
     a = _take(_train_iter(train_src, seed=0), 3)
     b = _take(_train_iter(train_src, seed=0, num_threads=0, prefetch=0), 3)

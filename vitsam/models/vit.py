@@ -41,6 +41,7 @@ class VisionTransformer(nn.Module):
 
     num_classes: int = 1000
     patch_size: int = 16
+    patch_formulation: str = "conv"  # "dense": patchify + one matmul, the same parameters (faster on CPU)
     width: int = 768
     depth: int = 12
     mlp_dim: int = 3072
@@ -77,8 +78,8 @@ class VisionTransformer(nn.Module):
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"image size {h}x{w} is not divisible by the patch size {self.patch_size}")
         dtype = self.dtype or jnp.float32
-        x = PatchEmbedding(self.patch_size, self.width, dtype=dtype, param_dtype=self.param_dtype,
-                           name="embedding")(images.astype(dtype))
+        x = PatchEmbedding(self.patch_size, self.width, formulation=self.patch_formulation, dtype=dtype,
+                           param_dtype=self.param_dtype, name="embedding")(images.astype(dtype))
         gh, gw = x.shape[1], x.shape[2]
         x = x.reshape(b, gh * gw, self.width)
 
