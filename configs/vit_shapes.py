@@ -20,7 +20,7 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.batch_size = 128          # global, over every device of every process
-    c.total_steps = 3900
+    c.total_steps = 3700
     c.log_every = 50
     c.eval_every = 500
     c.checkpoint_every = 250

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import os
 from typing import Any, Sequence
 
@@ -226,13 +227,13 @@ def _element_seed(seed: int, process_index: int) -> int:
     return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
 
 
-def _finish(ds: grain.MapDataset, batch_size: int, *, train: bool, num_threads: int,
-            prefetch: int, worker_count: int, batch_map=None):
+def _finish(ds: grain.MapDataset, batch_size: int | None, *, train: bool, num_threads: int,
+            prefetch: int, worker_count: int):
     # Batch before to_iter_dataset: each element is then a whole batch, so threads and worker
-    # processes split work by batch and the order never depends on their number.
-    ds = ds.batch(batch_size, drop_remainder=train)
-    if batch_map is not None:
-        ds = ds.map(batch_map)
+    # processes split work by batch and the order never depends on their number. batch_size None: the
+    # elements already are batches.
+    if batch_size is not None:
+        ds = ds.batch(batch_size, drop_remainder=train)
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                    prefetch_buffer_size=prefetch))
     if worker_count > 0:
@@ -251,88 +252,128 @@ def _finish(ds: grain.MapDataset, batch_size: int, *, train: bool, num_threads: 
 
 
 @dataclasses.dataclass(frozen=True)
-class _ClassificationExample:
-    """(index, is_real), rng -> {"image" (S, S, 3) float32, "label" int32, "mask" bool}."""
+class _EvalExample:
+    """(index, is_real) -> {"image" (S, S, 3) float32, "label" int32, "mask" bool, "index" int32}."""
 
     source: Any
     image_size: int
-    train: bool
-    crop_scale: tuple[float, float]
-    crop_ratio: tuple[float, float]
-    flip: bool
-    rotate90: bool
-    permute_channels: bool
     eval_crop_fraction: float
     mean: Any
     std: Any
     image_key: str
     label_key: str
-    batched: bool = False  # train: only draw the augmentation here, `_AugmentBatch` applies it
 
-    def __call__(self, element, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def __call__(self, element) -> dict[str, np.ndarray]:
         index, is_real = element
         record = self.source[index]
-        image = transforms.to_rgb(record[self.image_key])
-        if self.train:
-            # Both paths draw the same random numbers in the same order, so they augment alike.
-            box = transforms.sample_crop_box(rng, image.shape[0], image.shape[1], self.crop_scale, self.crop_ratio)
-            flip = bool(self.flip and rng.random() < 0.5)
-            k = int(rng.integers(4)) if self.rotate90 else 0
-            perm = rng.permutation(3) if self.permute_channels else np.arange(3)
-            if self.batched:
-                return {"image": image, "augment": np.array([*box, flip, k, *perm], np.float32),
-                        "label": np.int32(record[self.label_key]), "mask": np.bool_(is_real),
-                        "index": np.int32(index)}
-            image = transforms.resize(image, (self.image_size, self.image_size), box=box)
-            if flip:
-                image = transforms.horizontal_flip(image)
-            image = np.rot90(image, k=k)[..., perm]
-        else:
-            image = transforms.resize_center_crop(image, self.image_size, self.eval_crop_fraction)
-        return {
-            "image": transforms.normalize(image, self.mean, self.std),
-            "label": np.int32(record[self.label_key]),
-            "mask": np.bool_(is_real),
-            "index": np.int32(index),
-        }
+        image = transforms.resize_center_crop(transforms.to_rgb(record[self.image_key]), self.image_size,
+                                              self.eval_crop_fraction)
+        return {"image": transforms.normalize(image, self.mean, self.std), "label": np.int32(record[self.label_key]),
+                "mask": np.bool_(is_real), "index": np.int32(index)}
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 @dataclasses.dataclass(frozen=True)
-class _AugmentBatch:
-    """A batch from `_ClassificationExample(batched=True)` -> the same batch as the per-example path gives
-    (to within one grey level of PIL's rounding): crop, resize and flip as two matrix products per image
-    (`transforms.resize_batch`), then the 90° rotations and channel orders, then normalization."""
+class _TrainOrder:
+    """The training stream of one process: position p of the stream is example
+    shard[permutation(p // n)[p % n]], the shard being this process's n examples `process_index::process_count`
+    and each epoch's permutation a function of (seed, epoch). Batch j is positions [j b, (j + 1) b)."""
 
+    num_examples: int
+    batch_size: int
+    seed: int
+    process_index: int
+    process_count: int
+
+    @property
+    def per_process(self) -> int:
+        return self.num_examples // self.process_count  # equal shards keep the epochs in step
+
+    def num_batches(self, num_epochs: int | None) -> int:
+        if num_epochs is None:
+            return 2**62 // self.batch_size  # endless in practice
+        return num_epochs * self.per_process // self.batch_size  # a last partial batch is dropped
+
+    def indices(self, batch: int) -> np.ndarray:
+        n = self.per_process
+        positions = np.arange(batch * self.batch_size, (batch + 1) * self.batch_size)
+        epochs, offsets = np.divmod(positions, n)
+        local = np.empty_like(positions)
+        for epoch in np.unique(epochs):
+            rows = epochs == epoch
+            local[rows] = _epoch_permutation(self.seed, int(epoch), n)[offsets[rows]]
+        return self.process_index + local * self.process_count
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainBatch:
+    """batch number, rng -> a training batch {"image" (b, S, S, 3) float32, "label", "mask", "index"}.
+
+    The augmentation of each example is drawn from the batch's rng in stream order, the same numbers on both
+    paths: `batched` crops and resizes the whole batch with two matrix products per image
+    (`transforms.resize_batch`; sources flipped and turned first, the crop box moved with them), otherwise
+    each image goes through PIL (crop + resize, flip, turn). The two agree to within one grey level."""
+
+    source: Any
+    order: _TrainOrder
     image_size: int
+    crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
+    flip: bool
+    rotate90: bool
+    permute_channels: bool
     mean: Any
     std: Any
+    image_key: str
+    label_key: str
+    batched: bool
 
-    def __call__(self, batch: dict) -> dict:
-        # One BLAS thread: numpy's OpenBLAS would otherwise spin up a pool that fights the accelerator's host
+    def __call__(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        indices = self.order.indices(batch)
+        records = [self.source[int(i)] for i in indices]
+        size = (self.image_size, self.image_size)
+        images, boxes, perms = [], [], []
+        for record in records:
+            image = transforms.to_rgb(record[self.image_key])
+            h, w = image.shape[:2]
+            box = transforms.sample_crop_box(rng, h, w, self.crop_scale, self.crop_ratio)
+            flip = bool(self.flip and rng.random() < 0.5)
+            k = int(rng.integers(4)) if self.rotate90 else 0
+            perms.append(rng.permutation(3) if self.permute_channels else np.arange(3))
+            if self.batched:  # views here; one copy when stacked
+                images.append(np.rot90(image[:, ::-1] if flip else image, k=k))
+                boxes.append(transforms.flip_rotate_box(box, h, w, flip, k))
+            else:
+                image = transforms.resize(image, size, box=box)
+                images.append(np.rot90(transforms.horizontal_flip(image) if flip else image, k=k))
+        # One BLAS thread: numpy's OpenBLAS would otherwise start a pool that fights the accelerator's host
         # threads (on a 2-core CPU, ~25% fewer training images/s).
         with _blas_controller().limit(limits=1, user_api="blas"):
-            return self._augment(batch)
+            images = _permute_channels(np.stack(images), np.stack(perms))
+            if self.batched:
+                images = transforms.resize_batch(images, np.array(boxes, np.float32), self.image_size)
+            else:
+                images = images.astype(np.float32)
+            images -= np.asarray(self.mean, np.float32)
+            images *= 1.0 / np.asarray(self.std, np.float32)
+        return {"image": images, "label": np.array([r[self.label_key] for r in records], np.int32),
+                "mask": np.ones(len(records), bool), "index": indices.astype(np.int32)}
 
-    def _augment(self, batch: dict) -> dict:
-        batch = dict(batch)
-        augment = batch.pop("augment")
-        images = batch["image"]
-        # Channel orders per group of equal ones: a few strided copies of the uint8 input, no per-pixel gather.
-        perms = augment[:, 6:9].astype(int)
-        if (perms != np.arange(3)).any():
-            images = images.copy()
-            for perm in np.unique(perms, axis=0):
-                rows = (perms == perm).all(axis=1)
-                images[rows] = images[rows][..., perm]
-        images = transforms.resize_batch(images, augment[:, :4], self.image_size, flip=augment[:, 4] > 0,
-                                         rot90=augment[:, 5].astype(int))
-        # Rounded to integers as the per-example path's uint8 images are (a convex combination of pixels stays
-        # inside [0, 255]), then normalized in place.
-        np.rint(images, out=images)
-        images -= np.asarray(self.mean, np.float32)
-        images /= np.asarray(self.std, np.float32)
-        batch["image"] = images
-        return batch
+
+def _permute_channels(images: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) with (B, 3) channel orders: a strided copy per distinct order, no per-pixel gather."""
+    if (perms == np.arange(3)).all():
+        return images
+    out = np.empty_like(images)
+    for perm in itertools.permutations(range(3)):
+        rows = (perms == perm).all(axis=1)
+        if rows.any():
+            out[rows] = images[rows][..., list(perm)]
+    return out
 
 
 @functools.cache
@@ -375,9 +416,8 @@ def make_iterator(source, batch_size: int, image_size: int, *, train: bool, seed
     resized to S (0.875 is the usual ImageNet 256 -> 224 crop). Grayscale images become RGB.
     process_index / process_count default to jax.process_index() / jax.process_count().
     batch_augment: crop and resize a whole training batch with two matrix products per image instead of one PIL
-    call per image (several times less host time for small images); None uses it when all images of the source
-    have one declared shape (vitsam_shapes, CIFAR-10). Both give the same augmentation, to within one grey
-    level of PIL's rounding.
+    call per image; None uses it when all images of the source have one declared shape (vitsam_shapes,
+    CIFAR-10). Both give the same batches, to within one grey level of PIL's rounding.
     The iterator has get_state() -> dict (JSON-serializable) and set_state(dict).
     """
     process_index, process_count = _process(process_index, process_count)
@@ -389,19 +429,30 @@ def make_iterator(source, batch_size: int, image_size: int, *, train: bool, seed
         batch_augment = shape is not None and len(shape) == 3 and shape[-1] == 3
     elif batch_augment and shape is None:
         raise ValueError("batch_augment needs images of one declared shape; this source's images may differ")
-    batched = bool(train and batch_augment)
+    if train and batch_augment and rotate90 and shape[0] != shape[1]:
+        raise ValueError(f"batch_augment with rotate90 needs square images, got {shape[0]}x{shape[1]}")
+    if train:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        order = _TrainOrder(len(source), batch_size, seed, process_index, process_count)
+        if order.per_process < batch_size:
+            raise ValueError(f"{len(source)} examples over {process_count} processes cannot fill one batch of "
+                             f"{batch_size}")
+        source = _decode_only(source, [image_key, label_key])
+        make_batch = _TrainBatch(
+            source=source, order=order, image_size=image_size, crop_scale=tuple(crop_scale),
+            crop_ratio=tuple(crop_ratio), flip=flip, rotate90=rotate90, permute_channels=permute_channels,
+            mean=mean, std=std, image_key=image_key, label_key=label_key, batched=bool(batch_augment))
+        ds = grain.MapDataset.range(order.num_batches(num_epochs))
+        ds = ds.random_map(make_batch, seed=_element_seed(seed, process_index))
+        return _finish(ds, None, train=True, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
     source = _decode_only(source, [image_key, label_key])
-    ds = _index_dataset(len(source), batch_size, train=train, seed=seed, num_epochs=num_epochs,
+    ds = _index_dataset(len(source), batch_size, train=False, seed=seed, num_epochs=num_epochs,
                         process_index=process_index, process_count=process_count)
-    example = _ClassificationExample(
-        source=source, image_size=image_size, train=train, crop_scale=tuple(crop_scale),
-        crop_ratio=tuple(crop_ratio), flip=flip, rotate90=rotate90, permute_channels=permute_channels,
-        eval_crop_fraction=eval_crop_fraction,
-        mean=mean, std=std, image_key=image_key, label_key=label_key, batched=batched)
-    ds = ds.random_map(example, seed=_element_seed(seed, process_index))
-    return _finish(ds, batch_size, train=train, num_threads=num_threads, prefetch=prefetch,
-                   worker_count=worker_count,
-                   batch_map=_AugmentBatch(image_size, mean, std) if batched else None)
+    ds = ds.map(_EvalExample(source=source, image_size=image_size, eval_crop_fraction=eval_crop_fraction,
+                             mean=mean, std=std, image_key=image_key, label_key=label_key))
+    return _finish(ds, batch_size, train=False, num_threads=num_threads, prefetch=prefetch,
+                   worker_count=worker_count)
 
 
 # ----------------------------------------------------------------------------- instances (SAM)

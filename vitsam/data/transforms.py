@@ -53,42 +53,40 @@ def bilinear_weights(start: np.ndarray, stop: np.ndarray, in_size: int, out_size
     centers = start[:, None] + (np.arange(out_size, dtype=np.float32) + 0.5) * scale[:, None]
     inv_width = 1.0 / np.maximum(scale, 1.0)[:, None, None]
     taps = np.arange(in_size, dtype=np.float32) + 0.5
-    weights = np.maximum(0.0, 1.0 - np.abs(taps - centers[..., None]) * inv_width)
-    return weights / weights.sum(axis=-1, keepdims=True)
+    # 1 - |tap - centre| / width, clipped at 0, normalized; in place (this runs for every training batch).
+    weights = np.subtract(taps, centers[..., None])
+    np.abs(weights, out=weights)
+    weights *= -inv_width
+    weights += 1.0
+    np.maximum(weights, 0.0, out=weights)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return weights
 
 
-def resize_batch(images: np.ndarray, boxes: np.ndarray, size: int, flip: np.ndarray | None = None,
-                 rot90: np.ndarray | None = None) -> np.ndarray:
+def resize_batch(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     """Crops and resizes a batch of same-size images at once: (B, H, W, C) uint8 and (B, 4) boxes
     (x0, y0, x1, y1) -> (B, size, size, C) float32 in [0, 255], not rounded. The filter of `resize`
     (PIL bilinear) as two matrix products per image, so it agrees with PIL to within one grey level
-    (PIL rounds its weights to fixed point and its output to integers).
-
-    flip (B,) bool: mirror the output (`horizontal_flip` after the resize) where True.
-    rot90 (B,) int: then rotate it by k x 90° (as `np.rot90(image, k)`); needs square images (H = W).
-    Both are folded into the two weight matrices, so they cost no pass over the output.
-    """
+    (PIL rounds its weights to fixed point and its output to integers)."""
     images = np.asarray(images)
     b, h, w, c = images.shape
     boxes = np.asarray(boxes, np.float32).reshape(b, 4)
     rows = bilinear_weights(boxes[:, 1], boxes[:, 3], h, size)  # (B, S, H): output row <- source row
     cols = bilinear_weights(boxes[:, 0], boxes[:, 2], w, size)  # (B, S, W): output column <- source column
-    if flip is not None:
-        cols = np.where(np.asarray(flip, bool)[:, None, None], cols[:, ::-1], cols)
-    if rot90 is not None and np.any(np.asarray(rot90) % 4):
-        if h != w:
-            raise ValueError(f"rot90 needs square images, got {h}x{w}")
-        k = (np.asarray(rot90, int) % 4)[:, None, None]
-        # np.rot90 by k of out = rows · image · colsᵀ is left · image' · rightᵀ with image' the image, transposed
-        # for odd k: k = 1: cols reversed · imageᵀ · rowsᵀ; k = 2: both reversed; k = 3: cols · imageᵀ · (rows reversed)ᵀ.
-        left = np.select([k == 1, k == 2, k == 3], [cols[:, ::-1], rows[:, ::-1], cols], rows)
-        right = np.select([k == 1, k == 2, k == 3], [rows, cols[:, ::-1], rows[:, ::-1]], cols)
-        odd = (k[:, 0, 0] % 2) == 1
-        images = images.copy()
-        images[odd] = images[odd].transpose(0, 2, 1, 3)
-        rows, cols = left, right
     x = np.matmul(rows, images.reshape(b, h, w * c).astype(np.float32)).reshape(b, size, w, c)
     return np.einsum("btw,bswc->bstc", cols, x, optimize=True)
+
+
+def flip_rotate_box(box: Box, height: int, width: int, flip: bool, k: int) -> Box:
+    """Where `box` of an (height, width) image lies after `horizontal_flip` (if flip) and then
+    `np.rot90(·, k)`: cropping the transformed image there and resizing gives the transformed crop."""
+    x0, y0, x1, y1 = box
+    if flip:
+        x0, x1 = width - x1, width - x0
+    for _ in range(k % 4):  # one counter-clockwise turn: (x, y) -> (y, width - x), then height and width swap
+        x0, y0, x1, y1 = y0, width - x1, y1, width - x0
+        height, width = width, height
+    return (x0, y0, x1, y1)
 
 
 def sample_crop_box(rng: np.random.Generator, height: int, width: int,
