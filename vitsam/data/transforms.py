@@ -1,9 +1,12 @@
-"""Image transforms in NumPy / PIL for the input pipelines (run on the host, per example).
+"""Image transforms in NumPy / PIL for the input pipelines (run on the host).
 
 Train: `random_resized_crop` (Inception-style: a random area fraction and aspect ratio, resized to
 the output size) and `horizontal_flip`. Eval: `resize_center_crop` (resize the shorter side, then a
 central square). `normalize` maps uint8 to float32. Images are (H, W, C) uint8; one-channel images
 become RGB in `to_rgb`. Resizing uses PIL bilinear (antialiased when shrinking); masks use nearest.
+`resize_batch` is the same bilinear filter for a whole batch of same-size images at once (two matrix
+products per image, `bilinear_weights`), and `flip_rotate_box` moves a crop box with a flipped or
+turned image, so a batch can be flipped and turned before it is cropped.
 """
 
 from __future__ import annotations
