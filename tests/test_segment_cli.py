@@ -68,7 +68,7 @@ def test_segment_points_writes_masks_and_overlay(exported, tmp_path, capsys):
     ckpt, model, variables, image_path = exported
     out = tmp_path / "out"
     assert cli.main(["segment", str(image_path), "--checkpoint", str(ckpt), "--point", "20,15",
-                     "--point", "50.5,40,0", "--out", str(out)]) == 0
+                     "--point", "50.5,40,0", "--multimask", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("predicted IoU") == 3 and "overlay.png" in printed
 
@@ -84,6 +84,17 @@ def test_segment_points_writes_masks_and_overlay(exported, tmp_path, capsys):
     mode, picture = read_png(out / "overlay.png")
     assert mode == "RGB" and picture.shape == (H, W, 3)
     assert tuple(picture[15, 20]) == FOREGROUND and tuple(picture[40, 50]) == BACKGROUND
+
+
+@pytest.mark.parametrize("prompt, masks", [(["--point", "20,15"], 3), (["--point", "20,15", "--point", "30,20"], 1),
+                                           (["--box", "2,3,30,40"], 1), (["--text", "square"], 1),
+                                           (["--box", "2,3,30,40", "--multimask"], 3),
+                                           (["--point", "20,15", "--single"], 1)])
+def test_segment_multimask_only_for_one_point_by_default(exported, tmp_path, capsys, prompt, masks):
+    ckpt, _, _, image_path = exported
+    assert cli.main(["segment", str(image_path), "--checkpoint", str(ckpt), *prompt, "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.count("predicted IoU") == masks
+    assert sorted(p.name for p in tmp_path.glob("mask_*.png")) == [f"mask_{c}.png" for c in range(masks)]
 
 
 def test_segment_boxes_and_text_single_mask(exported, tmp_path):

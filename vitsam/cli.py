@@ -104,7 +104,8 @@ def _segment(args) -> int:
         raise ValueError(f"{args.checkpoint} holds a {kind} model, not a SAM")
     predictor = SamPredictor(model, variables)
     predictor.set_image(image)
-    masks, iou, _ = predictor.predict(**prompts, multimask_output=not args.single)  # (n, C, H, W), (n, C)
+    multimask = args.multimask if args.multimask is not None else (len(points) == 1 and not (boxes or texts))
+    masks, iou, _ = predictor.predict(**prompts, multimask_output=multimask)  # (n, C, H, W), (n, C)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,7 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a box in image pixels; repeat for several objects (one prompt set each)")
     p.add_argument("--text", action="append", default=[], metavar="TEXT",
                    help="a text prompt (models with a text encoder); repeat for several objects")
-    p.add_argument("--single", action="store_true", help="one mask per prompt set instead of three")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--multimask", dest="multimask", action="store_true", default=None,
+                       help="three candidate masks per prompt set (default only for a single point, which is "
+                            "ambiguous; SAM's advice)")
+    group.add_argument("--single", dest="multimask", action="store_false",
+                       help="one mask per prompt set (default for boxes, text and several points)")
     p.add_argument("--out", default="segment", help="output folder")
     p.set_defaults(func=_segment)
 
