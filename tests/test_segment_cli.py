@@ -87,10 +87,11 @@ def test_segment_points_writes_masks_and_overlay(exported, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("prompt, masks", [(["--point", "20,15"], 3), (["--point", "20,15", "--point", "30,20"], 1),
-                                           (["--box", "2,3,30,40"], 1), (["--text", "square"], 1),
+                                           (["--box", "2,3,30,40"], 1), (["--text", "square"], 3),
+                                           (["--text", "square", "--point", "20,15"], 1),
                                            (["--box", "2,3,30,40", "--multimask"], 3),
                                            (["--point", "20,15", "--single"], 1)])
-def test_segment_multimask_only_for_one_point_by_default(exported, tmp_path, capsys, prompt, masks):
+def test_segment_multimask_by_default_only_for_one_point_or_text_alone(exported, tmp_path, capsys, prompt, masks):
     ckpt, _, _, image_path = exported
     assert cli.main(["segment", str(image_path), "--checkpoint", str(ckpt), *prompt, "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().out.count("predicted IoU") == masks

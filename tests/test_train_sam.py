@@ -174,6 +174,21 @@ def test_layer_ids_and_per_parameter_learning_rates():
     assert len(moments) == 4  # mu and nu of a and b only
 
 
+def test_refinement_slots_are_uniform_among_the_eligible_masks():
+    from train.sam import _pick_slots, _unique_class
+
+    labels = jnp.array([[2, 0, 2, 5], [1, 3, 4, 4]])
+    valid = jnp.array([[True, True, True, True], [True, True, True, False]])
+    unique = _unique_class(labels, valid)  # row 0: classes 0 and 5 are unique; row 1: 1, 3, 4 (the 2nd 4 is padding)
+    np.testing.assert_array_equal(unique, [[False, True, False, True], [True, True, True, False]])
+    picks = jax.vmap(lambda k: _pick_slots(k, unique, 2))(jax.random.split(jax.random.PRNGKey(0), 3000))
+    picks = np.asarray(picks)  # (3000, 2, 2)
+    assert all(len(set(p)) == 2 for row in picks for p in row)  # no slot twice
+    counts = [np.bincount(picks[:, r].reshape(-1), minlength=4) / picks.shape[0] for r in range(2)]
+    np.testing.assert_array_equal(counts[0], [0, 1, 0, 1])  # both unique masks every time
+    np.testing.assert_allclose(counts[1], [2 / 3, 2 / 3, 2 / 3, 0], atol=0.03)  # 2 of 3, each equally often
+
+
 def test_drop_path_acts_only_in_training():
     from vitsam.models import Sam, sam_init, sam_variant
 

@@ -181,6 +181,12 @@ def _unique_class(labels: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
     return valid & (labels >= 0) & (same.sum(axis=-1) == 1)
 
 
+def _pick_slots(key: jax.Array, eligible: jnp.ndarray, count: int) -> jnp.ndarray:
+    """(B, M) bool -> (B, count) slot indices, uniformly at random without repeats among the eligible slots of
+    each row (rows with fewer eligible slots fill up with ineligible ones, which the caller weighs 0)."""
+    return jax.lax.top_k(jnp.where(eligible, jax.random.uniform(key, eligible.shape), -1.0), count)[1]
+
+
 def _best_by_score(logits: jnp.ndarray, iou: jnp.ndarray) -> jnp.ndarray:
     """(N, C, H, W), (N, C) -> the logits of the candidate with the highest predicted IoU (N, H, W)."""
     return jnp.take_along_axis(logits, jnp.argmax(iou, axis=1)[:, None, None, None], axis=1)[:, 0]
@@ -272,8 +278,7 @@ class SamTask:
 
         t = sim.refine_per_image
         if 0 < t < m:  # refine t masks per image, drawn at random among the valid ones
-            score = jnp.where(valid2d, jax.random.uniform(k_pick, (b, m)), -1.0)
-            idx = (jnp.arange(b)[:, None] * m + jax.lax.top_k(score, t)[1]).reshape(-1)
+            idx = (jnp.arange(b)[:, None] * m + _pick_slots(k_pick, valid2d, t)).reshape(-1)
             emb, targets, points, labels, prev, valid = (x[idx] for x in (emb, targets, points, labels, prev, valid))
 
         def round_fn(carry, xs):

@@ -104,7 +104,10 @@ def _segment(args) -> int:
         raise ValueError(f"{args.checkpoint} holds a {kind} model, not a SAM")
     predictor = SamPredictor(model, variables)
     predictor.set_image(image)
-    multimask = args.multimask if args.multimask is not None else (len(points) == 1 and not (boxes or texts))
+    # Ambiguous prompts (one point, or a class name alone: `train.sam` trains text on the three candidates)
+    # get three masks by default, the rest one.
+    ambiguous = not boxes and len(points) + bool(texts) == 1
+    multimask = ambiguous if args.multimask is None else args.multimask
     masks, iou, _ = predictor.predict(**prompts, multimask_output=multimask)  # (n, C, H, W), (n, C)
 
     out = Path(args.out)
@@ -214,10 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a text prompt (models with a text encoder); repeat for several objects")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--multimask", dest="multimask", action="store_true", default=None,
-                       help="three candidate masks per prompt set (default only for a single point, which is "
-                            "ambiguous; SAM's advice)")
+                       help="three candidate masks per prompt set (default for the ambiguous prompts: a single "
+                            "point, or text alone)")
     group.add_argument("--single", dest="multimask", action="store_false",
-                       help="one mask per prompt set (default for boxes, text and several points)")
+                       help="one mask per prompt set (default for boxes and several points)")
     p.add_argument("--out", default="segment", help="output folder")
     p.set_defaults(func=_segment)
 
