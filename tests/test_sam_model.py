@@ -234,19 +234,39 @@ def test_window_partition_roundtrip():
     np.testing.assert_array_equal(windows[1], x[0, 0:4, 4:8])  # window (0, 1) of image 0
 
 
-def test_relative_position_attention_against_naive_loops():
-    """logits[q, k] = q·k/√d + q·R_h[qy − ky + S − 1] + q·R_w[qx − kx + S − 1], written out with loops."""
-    h = w = 3
+def test_global_attention_chunks_give_the_same_encoder_output_and_are_chosen_on_cpu_for_big_grids():
+    from vitsam.models.sam.image_encoder import ImageEncoder, default_query_rows
+
+    make = lambda rows: ImageEncoder(image_size=64, patch_size=8, dim=32, depth=2, num_heads=2, out_dim=16,  # noqa: E731
+                                     window_size=3, global_attn_indexes=(1,), global_query_rows=rows)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 64, 3))
+    variables = make(0).init(jax.random.PRNGKey(1), x)
+    variables = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(2), a.shape), variables)
+    whole = make(0).apply(variables, x)
+    for rows in (1, 4, None):
+        np.testing.assert_allclose(make(rows).apply(variables, x), whole, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not divide"):
+        make(3).apply(variables, x)
+    assert default_query_rows(12, 4096, "cpu") == 1      # SAM's global attention at 1024 px: 805 MB of logits
+    assert default_query_rows(12, 4096, "gpu") == 0
+    assert default_query_rows(2, 256, "cpu") == 0        # the tiny SAM's 16x16 grid: 0.5 MB
+
+
+@pytest.mark.parametrize("query_rows", [0, 1, 2])
+def test_relative_position_attention_against_naive_loops(query_rows):
+    """logits[q, k] = q·k/√d + q·R_h[qy − ky + S − 1] + q·R_w[qx − kx + S − 1], written out with loops; the
+    same in chunks of query rows."""
+    h = w = 4
     heads, dim = 2, 8
-    layer = RelPosAttention(heads, rel_size=h)
-    x = jax.random.normal(jax.random.PRNGKey(6), (1, h, w, dim))
+    layer = RelPosAttention(heads, rel_size=h, query_rows=query_rows)
+    x = jax.random.normal(jax.random.PRNGKey(6), (2, h, w, dim))
     params = layer.init(jax.random.PRNGKey(7), x)["params"]
     params["rel_pos_h"] = jax.random.normal(jax.random.PRNGKey(8), params["rel_pos_h"].shape)
     params["rel_pos_w"] = jax.random.normal(jax.random.PRNGKey(9), params["rel_pos_w"].shape)
     out = layer.apply({"params": params}, x)
 
     p = jax.tree_util.tree_map(np.asarray, params)
-    xs = np.asarray(x, np.float64).reshape(h * w, dim)
+    xs = np.asarray(x, np.float64)[1].reshape(h * w, dim)  # the second image
     qkv = xs @ p["qkv"]["kernel"] + p["qkv"]["bias"]
     dh = dim // heads
     res = np.zeros((h * w, dim))
@@ -261,7 +281,7 @@ def test_relative_position_attention_against_naive_loops():
         att = np.exp(logits - logits.max(1, keepdims=True))
         res[:, n * dh:(n + 1) * dh] = (att / att.sum(1, keepdims=True)) @ v
     ref = res @ p["proj"]["kernel"] + p["proj"]["bias"]
-    np.testing.assert_allclose(np.asarray(out).reshape(h * w, dim), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out)[1].reshape(h * w, dim), ref, rtol=1e-4, atol=1e-5)
     assert relative_position_table(params["rel_pos_h"], h).shape == (h, h, dh)
 
 

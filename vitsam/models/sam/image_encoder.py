@@ -72,16 +72,31 @@ def window_unpartition(windows: jnp.ndarray, window: int, padded: tuple[int, int
     return x.reshape(-1, hp, wp, c)[:, :h, :w]
 
 
+# Above this many bytes of fp32 logits per image, RelPosAttention(query_rows=None) chunks the queries on CPU.
+CHUNK_LOGITS_BYTES = 16 * 2**20
+
+
+def default_query_rows(heads: int, tokens: int, backend: str) -> int:
+    """`RelPosAttention(query_rows=None)`'s choice: 1 on CPU when one image's fp32 logits (heads, T, T) pass
+    `CHUNK_LOGITS_BYTES`, else 0 (all at once; GPUs and TPUs have fused attention kernels for that)."""
+    return 1 if backend == "cpu" and heads * tokens**2 * 4 > CHUNK_LOGITS_BYTES else 0
+
+
 class RelPosAttention(nn.Module):
     """Multi-head self-attention over a 2-D grid with decomposed relative positions: (B, h, w, D) -> same.
 
     `rel_size` is the grid side the tables are sized for: (2·rel_size − 1, head_dim) each; a grid of
-    another side resamples them linearly.
+    another side resamples them linearly. `query_rows` > 0 attends for that many grid rows of queries at a
+    time (`jax.lax.map`), each chunk with its own slice of the relative term, so the (B, heads, T, T) logits
+    and bias never exist whole; the result is the same. None chooses: one row at a time on CPU when one
+    image's logits would pass `CHUNK_LOGITS_BYTES` (SAM's 4096-token global attention: 1.6x faster on a
+    2-core CPU, where the whole logits array spills every cache), else all at once.
     """
 
     num_heads: int
     rel_size: int
     attention_impl: str = "einsum"
+    query_rows: int | None = 0
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
 
@@ -99,13 +114,29 @@ class RelPosAttention(nn.Module):
         rel_pos_w = self.param("rel_pos_w", nn.initializers.zeros, (table_len, head_dim), self.param_dtype)
         r_h = relative_position_table(rel_pos_h, h).astype(q.dtype)  # (h, h, Dh)
         r_w = relative_position_table(rel_pos_w, w).astype(q.dtype)  # (w, w, Dh)
-        q_grid = q.reshape(b, h, w, heads, head_dim)
-        # The relative term uses the unscaled queries (as the official code does).
-        rel_h = jnp.einsum("byxnc,ykc->bnyxk", q_grid, r_h, preferred_element_type=jnp.float32)
-        rel_w = jnp.einsum("byxnc,xkc->bnyxk", q_grid, r_w, preferred_element_type=jnp.float32)
-        bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, heads, h * w, h * w)
 
-        out = dot_product_attention(q, k, v, bias=bias, implementation=self.attention_impl)
+        def attend(q_rows, r_h_rows):
+            """Queries of some grid rows (B, r, w, H, Dh) with their R_h rows (r, h, Dh) -> (B, r·w, H, Dh)."""
+            rows = q_rows.shape[1]
+            # The relative term uses the unscaled queries (as the official code does).
+            rel_h = jnp.einsum("byxnc,ykc->bnyxk", q_rows, r_h_rows, preferred_element_type=jnp.float32)
+            rel_w = jnp.einsum("byxnc,xkc->bnyxk", q_rows, r_w, preferred_element_type=jnp.float32)
+            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, heads, rows * w, h * w)
+            return dot_product_attention(q_rows.reshape(b, rows * w, heads, head_dim), k, v, bias=bias,
+                                         implementation=self.attention_impl)
+
+        q_grid = q.reshape(b, h, w, heads, head_dim)
+        rows = self.query_rows
+        if rows is None:
+            rows = default_query_rows(heads, h * w, jax.default_backend())
+        if rows <= 0 or rows >= h:
+            out = attend(q_grid, r_h)
+        else:
+            if h % rows:
+                raise ValueError(f"query_rows {rows} does not divide the grid's {h} rows")
+            chunks = q_grid.reshape(b, h // rows, rows, w, heads, head_dim).swapaxes(0, 1)
+            out = jax.lax.map(lambda a: attend(*a), (chunks, r_h.reshape(h // rows, rows, h, head_dim)))
+            out = out.swapaxes(0, 1)  # (B, h / rows, rows·w, H, Dh)
         out = out.reshape(b, h, w, dim)
         return nn.Dense(dim, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
 
@@ -122,6 +153,7 @@ class EncoderBlock(nn.Module):
     rel_size: int
     norm_eps: float = 1e-6
     attention_impl: str = "einsum"
+    query_rows: int | None = 0
     drop_path_rate: float = 0.0
     deterministic: bool = True
     dtype: jnp.dtype | None = None
@@ -140,7 +172,7 @@ class EncoderBlock(nn.Module):
         y = norm("norm1")(x)
         if self.window_size > 0:
             y, padded = window_partition(y, self.window_size)
-        y = RelPosAttention(self.num_heads, self.rel_size, self.attention_impl, dtype=self.dtype,
+        y = RelPosAttention(self.num_heads, self.rel_size, self.attention_impl, self.query_rows, dtype=self.dtype,
                             param_dtype=self.param_dtype, name="attn")(y)
         if self.window_size > 0:
             y = window_unpartition(y, self.window_size, padded, (h, w))
@@ -156,6 +188,7 @@ class ImageEncoder(nn.Module):
     tables; other input sizes (multiples of the patch) resample both (bicubic / linear).
     `remat` recomputes block activations in the backward pass. `drop_path` is the stochastic-depth rate of the
     last block, rising linearly from 0 at the first; it acts when called with deterministic=False.
+    `global_query_rows` is the global blocks' `RelPosAttention.query_rows` (None: chosen by size and backend).
     """
 
     image_size: int = 1024
@@ -169,6 +202,7 @@ class ImageEncoder(nn.Module):
     global_attn_indexes: Sequence[int] = (2, 5, 8, 11)
     norm_eps: float = 1e-6
     attention_impl: str = "einsum"
+    global_query_rows: int | None = None
     remat: bool = False
     drop_path: float = 0.0
     dtype: jnp.dtype | None = None
@@ -197,7 +231,8 @@ class ImageEncoder(nn.Module):
                 num_heads=self.num_heads, mlp_dim=int(self.dim * self.mlp_ratio),
                 window_size=0 if is_global else self.window_size,
                 rel_size=grid if is_global else self.window_size, norm_eps=self.norm_eps,
-                attention_impl=self.attention_impl, drop_path_rate=self.drop_path * i / max(self.depth - 1, 1),
+                attention_impl=self.attention_impl, query_rows=self.global_query_rows if is_global else 0,
+                drop_path_rate=self.drop_path * i / max(self.depth - 1, 1),
                 deterministic=deterministic, dtype=dtype, param_dtype=self.param_dtype, name=f"blocks_{i}",
             )(x)
 

@@ -40,6 +40,8 @@ class Sam(nn.Module):
     """Segment Anything. Fields are the official hyper-parameters (defaults: vit_b at 1024 px).
 
     `text=True` adds the (non-official) text prompt encoder; its parameters live under `text_encoder`.
+    `attention_query_rows`: the image encoder's global attention in chunks of this many grid rows of queries
+    (0: all at once; None: one row on CPU for big grids, where it is faster, else all at once).
     """
 
     image_size: int = 1024
@@ -68,6 +70,7 @@ class Sam(nn.Module):
     text_mlp_dim: int = 1024
     text_tokens: int = 1
     attention_impl: str = "einsum"
+    attention_query_rows: int | None = None
     remat: bool = False
     drop_path: float = 0.0
     dtype: jnp.dtype | None = None
@@ -90,7 +93,8 @@ class Sam(nn.Module):
         self.image_encoder = ImageEncoder(
             self.image_size, self.patch_size, self.encoder_dim, self.encoder_depth, self.encoder_heads,
             self.encoder_mlp_ratio, self.prompt_dim, self.window_size, tuple(self.global_attn_indexes),
-            attention_impl=self.attention_impl, remat=self.remat, drop_path=self.drop_path, **kw)
+            attention_impl=self.attention_impl, global_query_rows=self.attention_query_rows, remat=self.remat,
+            drop_path=self.drop_path, **kw)
         self.prompt_encoder = PromptEncoder(self.prompt_dim, self.mask_in_chans, **kw)
         self.mask_decoder = MaskDecoder(
             self.prompt_dim, self.num_multimask_outputs, self.decoder_depth, self.decoder_heads,
