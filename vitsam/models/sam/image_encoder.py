@@ -87,8 +87,8 @@ class RelPosAttention(nn.Module):
 
     `rel_size` is the grid side the tables are sized for: (2·rel_size − 1, head_dim) each; a grid of
     another side resamples them linearly. `query_rows` > 0 attends for that many grid rows of queries at a
-    time (`jax.lax.map`), each chunk with its own slice of the relative term, so the (B, heads, T, T) logits
-    and bias never exist whole; the result is the same. None chooses: one row at a time on CPU when one
+    time and one image at a time (`jax.lax.map`), each chunk with its own slice of the relative term, so the
+    (B, heads, T, T) logits and bias never exist whole; the result is the same. None chooses: one row at a time on CPU when one
     image's logits would pass `CHUNK_LOGITS_BYTES` (SAM's 4096-token global attention: 1.6x faster on a
     2-core CPU, where the whole logits array spills every cache), else all at once.
     """
@@ -115,14 +115,14 @@ class RelPosAttention(nn.Module):
         r_h = relative_position_table(rel_pos_h, h).astype(q.dtype)  # (h, h, Dh)
         r_w = relative_position_table(rel_pos_w, w).astype(q.dtype)  # (w, w, Dh)
 
-        def attend(q_rows, r_h_rows):
-            """Queries of some grid rows (B, r, w, H, Dh) with their R_h rows (r, h, Dh) -> (B, r·w, H, Dh)."""
-            rows = q_rows.shape[1]
+        def attend(q_rows, r_h_rows, k, v):
+            """Queries of some grid rows (b, r, w, H, Dh) with their R_h rows (r, h, Dh) -> (b, r·w, H, Dh)."""
+            nb, rows = q_rows.shape[:2]
             # The relative term uses the unscaled queries (as the official code does).
             rel_h = jnp.einsum("byxnc,ykc->bnyxk", q_rows, r_h_rows, preferred_element_type=jnp.float32)
             rel_w = jnp.einsum("byxnc,xkc->bnyxk", q_rows, r_w, preferred_element_type=jnp.float32)
-            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, heads, rows * w, h * w)
-            return dot_product_attention(q_rows.reshape(b, rows * w, heads, head_dim), k, v, bias=bias,
+            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(nb, heads, rows * w, h * w)
+            return dot_product_attention(q_rows.reshape(nb, rows * w, heads, head_dim), k, v, bias=bias,
                                          implementation=self.attention_impl)
 
         q_grid = q.reshape(b, h, w, heads, head_dim)
@@ -130,13 +130,18 @@ class RelPosAttention(nn.Module):
         if rows is None:
             rows = default_query_rows(heads, h * w, jax.default_backend())
         if rows <= 0 or rows >= h:
-            out = attend(q_grid, r_h)
+            out = attend(q_grid, r_h, k, v)
         else:
             if h % rows:
                 raise ValueError(f"query_rows {rows} does not divide the grid's {h} rows")
-            chunks = q_grid.reshape(b, h // rows, rows, w, heads, head_dim).swapaxes(0, 1)
-            out = jax.lax.map(lambda a: attend(*a), (chunks, r_h.reshape(h // rows, rows, h, head_dim)))
-            out = out.swapaxes(0, 1)  # (B, h / rows, rows·w, H, Dh)
+            r_h_chunks = r_h.reshape(h // rows, rows, h, head_dim)
+
+            def one_image(args):  # one image at a time too, so that a chunk's logits stay small for any batch
+                q1, k1, v1 = (a[None] for a in args)
+                chunks = q1.reshape(1, h // rows, rows, w, heads, head_dim).swapaxes(0, 1)
+                return jax.lax.map(lambda c: attend(c[0], c[1], k1, v1)[0], (chunks, r_h_chunks))
+
+            out = jax.lax.map(one_image, (q_grid, k, v))  # (B, h / rows, rows·w, H, Dh)
         out = out.reshape(b, h, w, dim)
         return nn.Dense(dim, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
 
