@@ -14,8 +14,19 @@ Result:   eval on test[:500] (every mask of each image, up to 4; mIoU over masks
           below): main shapes over 300 px 0.956, distractors under 60 px 0.688; the small shapes bound the mean.
           On a faster 2-core machine (a later session, the same commit's recipe, the machine busy so no time):
           box 0.830 · point 0.795 · 5 clicks 0.780 · text 0.458; README's picture is that checkpoint.
-Known:    the text prompt is trained on the first mask slot, which vitsam_shapes fills with the main shape, and the
-          model answers every class name with the main shape; clicks after the first do not improve on it.
+Known:    two weaknesses, measured on that checkpoint (`--config.init_from=DIR --config.eval_only=True` gives the
+          per-click curve; the rest came from throwaway scripts on the same eval split):
+          - Text: the text prompt is trained on the first mask slot, which vitsam_shapes fills with the main
+            shape, and the model answers every class name with the main shape: text mIoU 0.945 on main shapes,
+            0.013 on distractors (whose answer has IoU 0.929 with the main shape).
+          - Clicks: mIoU after 1 … 5 clicks 0.795 · 0.794 · 0.789 · 0.785 · 0.780 (from a box: 0.830 … 0.825).
+            Clicks fix gross errors (the masks under 0.3 IoU after the first click: 0.11 → 0.38 → 0.48 → 0.51,
+            first 200 test images) but what is left after one prompt is mostly a 1-px band around the small
+            distractors (radius 4–6 px; median 6 missed and 11 spilled pixels of a 50-px shape), and the model cannot place a
+            click that precisely: the clicked pixel is right after the click in 24% of the cases (30% for a
+            uniformly drawn error pixel). The prompt encoder's Fourier features (`pe_scale` 1, as in SAM) have
+            a kernel half-width of ~0.09 of the frame, 6 px here, so a click on such a band shifts a stretch of
+            boundary rather than one pixel.
 Tried (same command with overrides, all on this CPU):
           4,000 steps (the old ~260 ms step): box 0.833, point 0.812, 5 clicks 0.808 (22 min, with other work on
           the machine);
@@ -27,7 +38,13 @@ Tried (same command with overrides, all on this CPU):
           the same machine; the text is learnt (training text mIoU 0.03 at step 850, 0.35 at 2,450) but too
           slowly for this budget, and its loss pulls the box mIoU down;
           num_rounds 4 (3 refinement rounds for one mask per image), 3,200 steps: box 0.786, point 0.753,
-          5 clicks 0.758 (10 min 48 s on the faster machine, against 0.830 / 0.795 / 0.780 with 2 rounds).
+          5 clicks 0.758 (10 min 48 s on the faster machine, against 0.830 / 0.795 / 0.780 with 2 rounds);
+          sim.refine_per_image 0 (the refinement round for every mask, 3× its sessions): box 0.804, point 0.782,
+          clicks 2 … 5 0.784 · 0.782 · 0.779 · 0.774, 14 min 54 s (tests ran beside it for 3 min; ~2× per step);
+          model.pe_scale 2 (a click localised to ~3 px): learns far more slowly (training mIoU of the first
+          prompt 0.51 at step 1,400 against 0.77), stopped;
+          text on every unique-class mask of each image (sim.text_per_image 3), answered by the single-mask
+          output 0: text 0.267, box 0.806, point 0.662, 10 min 53 s — text still slow to learn, point worse.
 """
 
 import ml_collections
@@ -44,6 +61,7 @@ def get_config():
     c.keep_checkpoints = 3
     c.init_from = ""            # fine-tune from a `vitsam convert` folder, a training workdir or a sam_vit_*.pth
     c.freeze_image_encoder = False
+    c.eval_only = False         # evaluate init_from on data.eval_split (DIR/eval.json) and stop
 
     c.data = ml_collections.ConfigDict()
     c.data.format = "tfds"      # "tfds" (vitsam_shapes or any TFDS set with objects/mask), "sa1b", "coco"
@@ -72,6 +90,7 @@ def get_config():
                  "text_dim", "text_depth", "text_heads", "text_mlp_dim"):
         c.model[name] = ml_collections.config_dict.placeholder(int)
     c.model.global_attn_indexes = ml_collections.config_dict.placeholder(tuple)
+    c.model.pe_scale = ml_collections.config_dict.placeholder(float)
     # The shapes' own 64 px as input, 4-px patches: the tiny SAM's 16x16 embedding grid and 64x64 low-res masks,
     # which are the image's pixels (tiny's 256-px / 16-px default would upsample the images 4x for the same grid).
     c.model.image_size = 64
@@ -98,7 +117,7 @@ def get_config():
     c.loss.text_weight = 1.0
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.clicks = 5           # report mIoU after this many clicks too
+    c.eval.clicks = 5           # report mIoU after 2 … this many clicks too
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 3e-3

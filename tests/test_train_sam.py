@@ -85,6 +85,17 @@ def test_trains_evaluates_resumes_exactly_after_sigkill_and_loads_as_a_model(tmp
     assert ev["examples"] == 8
     assert "final eval: miou_2clicks" in ref.stdout
 
+    # eval_only on the finished workdir reproduces its final eval, and trains nothing
+    from train import sam as ts
+
+    cfg = small_config(data_dir, init_from=str(tmp_path / "ref"), eval_only=True)
+    again = ts.train(cfg, tmp_path / "eval_only")
+    saved = json.loads((tmp_path / "eval_only" / "eval.json").read_text())
+    for key in ("miou_point", "miou_box", "miou_2clicks", "miou_text", "examples"):
+        assert again[key] == pytest.approx(ev[key], abs=1e-5) and saved[key] == pytest.approx(ev[key], abs=1e-5)
+    assert saved["init_from"] == str(tmp_path / "ref")
+    assert not (tmp_path / "eval_only" / "checkpoints").exists()
+
     work = tmp_path / "killed"
     proc = run(work, *args, wait=False)
     ckpts = work / "checkpoints"
@@ -145,6 +156,25 @@ def test_frozen_encoder_with_layer_decay_and_drop_path_trains_only_the_decoder(t
     n_moments = sum(x.size for x in jax.tree.leaves(state["opt_state"]))
     n_trainable = sum(x.size for k, v in state["params"].items() if k != "image_encoder" for x in jax.tree.leaves(v))
     assert n_moments < 2 * n_trainable + 100
+
+
+def test_eval_reports_every_click_and_a_click_does_not_depend_on_how_many_follow(data_dir):
+    from train import sam as ts
+
+    results = {}
+    for clicks in (2, 3):
+        cfg = small_config(data_dir, **{"eval.clicks": clicks})
+        train_src, eval_src, names = ts.open_sources(cfg)
+        model, _ = ts.build_model(cfg)
+        task = ts.sam_task(cfg, model, train_src, eval_src, names)
+        params = jax.jit(task.init_params)(jax.random.PRNGKey(3))
+        batch = next(iter(task.eval_iterator(8)))
+        results[clicks] = jax.device_get(jax.jit(task.eval_fn)(params, batch))
+    assert {k for k in results[3] if "clicks" in k} == {"miou_2clicks", "miou_3clicks"}
+    for key in ("miou_point", "miou_box", "miou_2clicks"):
+        np.testing.assert_allclose(results[3][key][0], results[2][key][0], rtol=1e-6, atol=1e-6)
+    values, counts = results[3]["miou_3clicks"]
+    assert np.all((values >= 0) & (values <= 1)) and counts.sum() > 0
 
 
 def test_layer_ids_and_per_parameter_learning_rates():
@@ -258,6 +288,7 @@ def test_eval_values_with_weights_average_over_the_weighted_items(tmp_path):
     ({"sim.mask_only_rounds": 3}, "sim.mask_only_rounds"),
     ({"sim.box_prob": 1.5}, "sim.box_prob"),
     ({"optim.layer_decay": 0.0}, "optim.layer_decay"),
+    ({"eval_only": True}, "eval_only evaluates the checkpoint in init_from"),
     ({"data.format": "sa1b"}, "needs data.train_path"),
     ({"data.format": "coco", "data.train_path": "x.json"}, "needs data.train_path, data.train_images"),
     ({"model.variant": "vit_q"}, "unknown SAM variant"),

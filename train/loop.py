@@ -188,6 +188,16 @@ def evaluate(eval_step, params, task: Task, local_batch: int, mesh) -> dict:
     return {k: totals[k] / weights[k] if weights[k] else float("nan") for k in totals} | {"examples": int(count)}
 
 
+def evaluate_only(cfg, task: Task) -> dict:
+    """Evaluate `task.initial_params` (a checkpoint to fine-tune from) on the eval split, without training."""
+    if task.initial_params is None or task.eval_fn is None:
+        raise ValueError("evaluating without training needs initial parameters (init_from) and an eval split")
+    mesh = parallel.data_mesh()
+    local_batch = parallel.check_global_batch(cfg.batch_size, mesh)
+    params = jax.device_put(task.initial_params(), parallel.replicated(mesh))
+    return evaluate(jax.jit(make_eval_step(task)), params, task, local_batch, mesh)
+
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 

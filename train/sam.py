@@ -4,6 +4,8 @@
     python -m train.sam --config configs/sam_finetune_sa1b.py --workdir DIR \\
         --config.init_from=/path/sam_vit_b --config.data.train_path=/data/sa1b/train --config.data.eval_path=...
 
+    python -m train.sam --workdir DIR --config.init_from=CKPT --config.eval_only=True   # only the eval, to DIR/eval.json
+
 Any config field can be overridden as --config.field=value. Running the same command again resumes from the
 last checkpoint in DIR (params, optimizer state, step and data position). DIR also gets model.json, so
 `vitsam segment IMAGE --checkpoint DIR` and `vitsam.convert.load_model(DIR)` use the trained model.
@@ -21,13 +23,14 @@ One step, for b images with up to M masks each (N = b·M prompt sessions, paddin
 The loss is focal · 20 + dice + IoU-MSE, averaged over every prompt session (mask × round, and the text
 prompts weighted by `loss.text_weight`); padding masks weigh 0.
 Eval (held-out split): mIoU over masks with 1 point (the mask's most interior pixel; of masks 1-3 the one with
-the highest predicted IoU), 1 box (exact; mask 0), after `eval.clicks` clicks (each at the most interior pixel
-of the error region; mask 0), and with the text prompt (best predicted of masks 1-3); masks are scored at the
-model's low-res output size (4× the embedding grid).
+the highest predicted IoU), 1 box (exact; mask 0), after each of 2 … `eval.clicks` clicks (each at the most
+interior pixel of the error region; mask 0), and with the text prompt (best predicted of masks 1-3); masks are
+scored at the model's low-res output size (4× the embedding grid).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -102,6 +105,8 @@ def _check_config(cfg) -> None:
         raise ValueError(f"eval.clicks must be at least 1, got {cfg.eval.clicks}")
     if d.max_masks < 1 or d.eval_max_masks < 1:
         raise ValueError("data.max_masks and data.eval_max_masks must be positive")
+    if cfg.eval_only and not cfg.init_from:
+        raise ValueError("eval_only evaluates the checkpoint in init_from, which is empty")
     if cfg.optim.layer_decay <= 0 or cfg.optim.layer_decay > 1:
         raise ValueError(f"optim.layer_decay must be in (0, 1], got {cfg.optim.layer_decay}")
 
@@ -359,10 +364,11 @@ class SamTask:
                 pt, lab = prompts.error_point(None, prev > 0, targets, self.grid, self.frame)
                 points, labels_ = points.at[:, r].set(pt), labels_.at[:, r].set(lab)
                 logits, _ = self.decode(params, emb, points, labels_, mask_input=prev, multimask=False)
-                return (points, labels_, logits[:, 0]), None
+                return (points, labels_, logits[:, 0]), mask_iou(logits[:, 0] > 0, targets)
 
-            (_, _, prev), _ = jax.lax.scan(click, (points, labels_, prev), jnp.arange(1, k))
-            out[f"miou_{k}clicks"] = per_image(mask_iou(prev > 0, targets), valid2d)
+            _, ious = jax.lax.scan(click, (points, labels_, prev), jnp.arange(1, k))  # (k - 1, N)
+            for r in range(2, k + 1):
+                out[f"miou_{r}clicks"] = per_image(ious[r - 2], valid2d)
 
         if self.text_table is not None and self.cfg.sim.text:
             text_valid = _unique_class(labels, valid2d)
@@ -403,10 +409,16 @@ def train(cfg, workdir) -> dict:
     train_source, eval_source, class_names = open_sources(cfg)
     model, initial_variables = build_model(cfg)
     train_source, eval_source = cache_sources(cfg, train_source, eval_source)
+    task = sam_task(cfg, model, train_source, eval_source, class_names, initial_variables)
+    if cfg.eval_only:
+        result = loop.evaluate_only(cfg, task)
+        if jax.process_index() == 0:
+            record = {"init_from": str(cfg.init_from), "eval_split": cfg.data.eval_split, **result}
+            (workdir / "eval.json").write_text(json.dumps(record, indent=1) + "\n")
+        return result
     if jax.process_index() == 0:
         write_model_spec(workdir, model_spec("sam", model, class_names=class_names,
                                              dataset=cfg.data.name if cfg.data.format == "tfds" else cfg.data.format))
-    task = sam_task(cfg, model, train_source, eval_source, class_names, initial_variables)
     return loop.run(cfg, workdir, task)
 
 

@@ -32,19 +32,26 @@ class PromptEncoder(nn.Module):
     Parameters: `point_embeddings` (4, D) for labels 0, 1, 2, 3; `not_a_point_embed` (D,);
     `no_mask_embed` (D,); mask downscaling `mask_conv1` 2×2/2 (1 → C/4), `mask_norm1`, `mask_conv2`
     2×2/2 (C/4 → C), `mask_norm2`, `mask_conv3` 1×1 (C → D), with C = `mask_in_chans` and exact GELU.
-    Constant: `pe_gaussian` (2, D/2) in the "constants" collection.
+    Constant: `pe_gaussian` (2, D/2) in the "constants" collection, drawn from N(0, `pe_scale`²) (the official
+    `PositionEmbeddingRandom(scale)`, 1.0 in every released SAM). Two points d apart (as a fraction of the
+    side) have encodings whose mean product is exp(−8π² pe_scale² d²) in expectation: half of its peak at
+    d ≈ 0.094 / pe_scale, the precision to which the decoder can tell where a prompt point is.
     """
 
     dim: int = 256
     mask_in_chans: int = 16
+    pe_scale: float = 1.0
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
 
     def setup(self):
         if self.dim % 2:
             raise ValueError(f"prompt dim must be even (sin/cos pairs), got {self.dim}")
+        if not self.pe_scale > 0:
+            raise ValueError(f"pe_scale must be positive, got {self.pe_scale}")
         self.pe_gaussian = self.variable(
-            "constants", "pe_gaussian", lambda: jax.random.normal(self.make_rng("params"), (2, self.dim // 2)))
+            "constants", "pe_gaussian",
+            lambda: self.pe_scale * jax.random.normal(self.make_rng("params"), (2, self.dim // 2)))
         embed_init = nn.initializers.normal(1.0)  # torch.nn.Embedding's default
         self.point_embeddings = self.param("point_embeddings", embed_init, (4, self.dim), self.param_dtype)
         self.not_a_point_embed = self.param("not_a_point_embed", embed_init, (self.dim,), self.param_dtype)
