@@ -4,8 +4,8 @@ Prepare:  vitsam convert sam_vit_b_01ec64.pth /ckpt/sam_vit_b          # the off
 Run:      python -m train.sam --config configs/sam_finetune_sa1b.py --workdir /tmp/sam_ft \\
               --config.init_from=/ckpt/sam_vit_b --config.data.train_path=/data/sa1b/train \\
               --config.data.eval_path=/data/sa1b/val
-Before:   the same command with --config.eval_only=True gives the official model's mIoU on the eval split
-          (DIR/eval.json), the baseline the fine-tuned figures compare with.
+Before:   the same command with --config.eval_only=True gives the official model's mIoU on the eval data
+          (DIR/eval.json; in this config's bfloat16), the baseline the fine-tuned figures compare with.
 Frozen:   add --config.freeze_image_encoder=True: only the prompt encoder and mask decoder train; the image
           embedding is computed once per image per step without gradients (far less memory and time).
 COCO:     --config.data.format=coco --config.data.train_path=instances_train2017.json

@@ -22,11 +22,11 @@ Known:    two weaknesses, measured on that checkpoint (`--config.init_from=DIR -
           - Clicks: mIoU after 1 … 5 clicks 0.795 · 0.794 · 0.789 · 0.785 · 0.780 (from a box: 0.830 … 0.825).
             Clicks fix gross errors (the masks under 0.3 IoU after the first click: 0.11 → 0.38 → 0.48 → 0.51,
             first 200 test images) but what is left after one prompt is mostly a 1-px band around the small
-            distractors (radius 4–6 px; median 6 missed and 11 spilled pixels of a 50-px shape), and the model cannot place a
-            click that precisely: the clicked pixel is right after the click in 24% of the cases (30% for a
-            uniformly drawn error pixel). The prompt encoder's Fourier features (`pe_scale` 1, as in SAM) have
-            a kernel half-width of ~0.09 of the frame, 6 px here, so a click on such a band shifts a stretch of
-            boundary rather than one pixel.
+            distractors (radius 4–6 px; median 6 missed and 11 spilled pixels of a 50-px shape), and the model
+            cannot place a click that precisely: the clicked pixel is right after the click in 24% of the cases
+            (30% for a uniformly drawn error pixel). The prompt encoder's Fourier features (`pe_scale` 1, as in
+            SAM) have a kernel half-width of ~0.09 of the frame, 6 px here, so a click on such a band shifts a
+            stretch of boundary rather than one pixel.
 Tried (same command with overrides, all on this CPU):
           4,000 steps (the old ~260 ms step): box 0.833, point 0.812, 5 clicks 0.808 (22 min, with other work on
           the machine);
@@ -61,7 +61,7 @@ def get_config():
     c.keep_checkpoints = 3
     c.init_from = ""            # fine-tune from a `vitsam convert` folder, a training workdir or a sam_vit_*.pth
     c.freeze_image_encoder = False
-    c.eval_only = False         # evaluate init_from on data.eval_split (DIR/eval.json) and stop
+    c.eval_only = False         # evaluate init_from on the eval data (DIR/eval.json) and stop
 
     c.data = ml_collections.ConfigDict()
     c.data.format = "tfds"      # "tfds" (vitsam_shapes or any TFDS set with objects/mask), "sa1b", "coco"

@@ -463,3 +463,18 @@ def test_missing_dataset_or_split_is_a_clear_error(data_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="not prepared"):
         pipeline.open_source("mnist", "train", tmp_path)  # registered, not here, no download
     assert not os.path.exists(tmp_path / "downloads")
+
+
+def test_a_training_iterator_keeps_numpys_blas_on_one_thread(train_src):
+    """The batched resize's last bits depend on the BLAS thread count: the count must not move between batches
+    (it did when each prefetch thread set and restored a limit of its own), so it is fixed once per process."""
+    import threadpoolctl
+
+    def blas_threads():
+        return [c.num_threads for c in threadpoolctl.ThreadpoolController().lib_controllers if c.user_api == "blas"]
+
+    a, b = _train_iter(train_src, crop_scale=(0.3, 1.0)), _train_iter(train_src, crop_scale=(0.3, 1.0))
+    assert blas_threads() and set(blas_threads()) == {1}
+    batches = [next(it) for _ in range(3) for it in (a, b)]  # two iterators' prefetch threads at work together
+    assert set(blas_threads()) == {1}
+    assert _equal_batches(batches[0::2], batches[1::2])

@@ -326,30 +326,34 @@ def test_upsample2x_equals_flax_conv_transpose_and_a_numpy_loop(dtype):
 def test_pe_scale_scales_the_fourier_matrix_and_must_be_positive():
     from vitsam.models.sam.prompt_encoder import PromptEncoder
 
-    def constants(scale):
-        enc = PromptEncoder(dim=16, mask_in_chans=4, pe_scale=scale)
-        return enc.init(jax.random.PRNGKey(5), 2, 3, method=PromptEncoder.dense_pe)["constants"]["pe_gaussian"]
-
-    g1, g3 = constants(1.0), constants(3.0)
-    np.testing.assert_allclose(g3, 3.0 * g1, rtol=1e-6)
     enc = PromptEncoder(dim=16, mask_in_chans=4, pe_scale=3.0)
     variables = enc.init(jax.random.PRNGKey(5), 2, 3, method=PromptEncoder.dense_pe)
+    g1 = PromptEncoder(dim=16, mask_in_chans=4).init(jax.random.PRNGKey(5), 2, 3, method=PromptEncoder.dense_pe)
+    g3 = variables["constants"]["pe_gaussian"]
+    np.testing.assert_allclose(g3, 3.0 * g1["constants"]["pe_gaussian"], rtol=1e-6)
     pe = enc.apply(variables, 2, 3, method=PromptEncoder.dense_pe)  # (2, 3, 16)
     xy = np.array([[(j + 0.5) / 3, (i + 0.5) / 2] for i in range(2) for j in range(3)])  # cell centres (x, y)
     proj = 2 * np.pi * (2 * xy - 1) @ np.asarray(g3, np.float64)
     np.testing.assert_allclose(pe.reshape(6, 16), np.concatenate([np.sin(proj), np.cos(proj)], 1), atol=1e-5)
     with pytest.raises(ValueError, match="pe_scale"):
         PromptEncoder(dim=16, pe_scale=0.0).init(jax.random.PRNGKey(0), 2, 2, method=PromptEncoder.dense_pe)
+    # and through the composed model (jit keeps only the constant's draw)
+    small = dict(image_size=32, patch_size=8, encoder_dim=16, encoder_depth=1, global_attn_indexes=(0,), prompt_dim=16)
+    consts = [jax.jit(lambda r, m=sam_variant("tiny", pe_scale=s, **small): sam_init(m, r)["constants"])(
+        jax.random.PRNGKey(1))["prompt_encoder"]["pe_gaussian"] for s in (1.0, 2.5)]
+    np.testing.assert_allclose(consts[1], 2.5 * consts[0], rtol=1e-6)
 
 
 def test_fourier_features_have_the_gaussian_kernel_of_their_scale():
-    """E cos(2π g·2Δ) for g ~ N(0, σ² I) is exp(−8π² σ² |Δ|²): the similarity the pe_scale docstring states."""
+    """E cos(2π g·2Δ) for g ~ N(0, σ² I) is exp(−8π² σ² |Δ|²), half its peak at |Δ| = 0.094 / σ (pe_scale docs)."""
     from vitsam.models.sam.prompt_encoder import fourier_features
 
     sigma, f = 2.0, 20_000
     g = sigma * np.random.default_rng(0).standard_normal((2, f)).astype(np.float32)
     p = np.array([[0.5, 0.5]], np.float32)
-    for d in (0.0, 0.02, 0.047, 0.08):
+    for d in (0.0, 0.02, 0.094 / sigma, 0.08):
         q = p + np.array([[d * 0.6, d * 0.8]], np.float32)  # |q − p| = d
         similarity = float(np.sum(np.asarray(fourier_features(p, g) * fourier_features(q, g))) / f)
         assert similarity == pytest.approx(np.exp(-8 * np.pi ** 2 * sigma ** 2 * d ** 2), abs=0.02), d
+        if d == 0.094 / sigma:
+            assert similarity == pytest.approx(0.5, abs=0.03)

@@ -4,7 +4,7 @@
     python -m train.sam --config configs/sam_finetune_sa1b.py --workdir DIR \\
         --config.init_from=/path/sam_vit_b --config.data.train_path=/data/sa1b/train --config.data.eval_path=...
 
-    python -m train.sam --workdir DIR --config.init_from=CKPT --config.eval_only=True   # only the eval, to DIR/eval.json
+    python -m train.sam --workdir DIR --config.init_from=CKPT --config.eval_only=True    # only eval: DIR/eval.json
 
 Any config field can be overridden as --config.field=value. Running the same command again resumes from the
 last checkpoint in DIR (params, optimizer state, step and data position). DIR also gets model.json, so
@@ -112,7 +112,8 @@ def _check_config(cfg) -> None:
 
 
 def open_sources(cfg):
-    """(train source, eval source, class names or None) for `cfg.data`."""
+    """(train source, eval source, class names or None) for `cfg.data`; the train source is None for `eval_only`
+    with a `data.eval_path` (SA-1B, COCO)."""
     d = cfg.data
     if d.format == "tfds":
         from vitsam.data import pipeline
@@ -124,33 +125,40 @@ def open_sources(cfg):
         except (ValueError, KeyError):
             names = None
         return train, evals, names
-    if not d.train_path:
+    # eval_only with an eval_path needs no training data
+    need_train = not (cfg.eval_only and d.eval_path)
+    if need_train and not d.train_path:
         raise ValueError(f"data.format={d.format!r} needs data.train_path")
     if d.format == "sa1b":
         from vitsam.data.sa1b import SA1BSource
 
         if d.eval_path:
-            return SA1BSource(d.train_path), SA1BSource(d.eval_path), None
+            return SA1BSource(d.train_path) if need_train else None, SA1BSource(d.eval_path), None
         if d.eval_holdout <= 0:
             SA1BSource(d.train_path)  # a missing folder is the more useful error
             raise ValueError("data.format='sa1b' needs data.eval_path or data.eval_holdout > 0")
         return SA1BSource(d.train_path, stop=-d.eval_holdout), SA1BSource(d.train_path, start=-d.eval_holdout), None
     from vitsam.data.coco import CocoInstancesSource
 
-    if not (d.train_images and d.eval_path and d.eval_images):
+    if not ((d.train_images or not need_train) and d.eval_path and d.eval_images):
         raise ValueError("data.format='coco' needs data.train_path, data.train_images, data.eval_path, data.eval_images")
+    evals = CocoInstancesSource(d.eval_path, d.eval_images)
+    if not need_train:
+        return None, evals, evals.class_names
     train = CocoInstancesSource(d.train_path, d.train_images)
-    return train, CocoInstancesSource(d.eval_path, d.eval_images), train.class_names
+    return train, evals, train.class_names
 
 
 def cache_sources(cfg, train_source, eval_source):
-    """With `data.cache_in_memory` (TFDS sources): every image and mask decoded once and read from RAM."""
+    """With `data.cache_in_memory` (TFDS sources): every image and mask decoded once and read from RAM (with
+    `eval_only`, only the eval split's)."""
     if cfg.data.format != "tfds" or not cfg.data.cache_in_memory:
         return train_source, eval_source
     from vitsam.data import pipeline
 
-    keys = [k for k in ("image", "objects", "label") if k in train_source.dataset_info.features]
-    return pipeline.cache_in_memory(train_source, keys), pipeline.cache_in_memory(eval_source, keys)
+    keys = [k for k in ("image", "objects", "label") if k in eval_source.dataset_info.features]
+    eval_source = pipeline.cache_in_memory(eval_source, keys)
+    return (train_source if cfg.eval_only else pipeline.cache_in_memory(train_source, keys)), eval_source
 
 
 def make_iterators(cfg, train_source, eval_source):
@@ -413,7 +421,10 @@ def train(cfg, workdir) -> dict:
     if cfg.eval_only:
         result = loop.evaluate_only(cfg, task)
         if jax.process_index() == 0:
-            record = {"init_from": str(cfg.init_from), "eval_split": cfg.data.eval_split, **result}
+            d = cfg.data
+            data = ({"name": d.name, "split": d.eval_split} if d.format == "tfds" else
+                    {"path": d.eval_path or d.train_path, "images": d.eval_images, "holdout": d.eval_holdout})
+            record = {"init_from": str(cfg.init_from), "data": {"format": d.format, **data}, **result}
             (workdir / "eval.json").write_text(json.dumps(record, indent=1) + "\n")
         return result
     if jax.process_index() == 0:

@@ -350,16 +350,14 @@ class _TrainBatch:
             else:
                 image = transforms.resize(image, size, box=box)
                 images.append(np.rot90(transforms.horizontal_flip(image) if flip else image, k=k))
-        # One BLAS thread: numpy's OpenBLAS would otherwise start a pool that fights the accelerator's host
-        # threads (on a 2-core CPU, ~25% fewer training images/s).
-        with _blas_controller().limit(limits=1, user_api="blas"):
-            images = _permute_channels(np.stack(images), np.stack(perms))
-            if self.batched:
-                images = transforms.resize_batch(images, np.array(boxes, np.float32), self.image_size)
-            else:
-                images = images.astype(np.float32)
-            images -= np.asarray(self.mean, np.float32)
-            images *= 1.0 / np.asarray(self.std, np.float32)
+        one_blas_thread()  # in worker processes: their first batch sets it
+        images = _permute_channels(np.stack(images), np.stack(perms))
+        if self.batched:
+            images = transforms.resize_batch(images, np.array(boxes, np.float32), self.image_size)
+        else:
+            images = images.astype(np.float32)
+        images -= np.asarray(self.mean, np.float32)
+        images *= 1.0 / np.asarray(self.std, np.float32)
         return {"image": images, "label": np.array([r[self.label_key] for r in records], np.int32),
                 "mask": np.ones(len(records), bool), "index": indices.astype(np.int32)}
 
@@ -377,8 +375,20 @@ def _permute_channels(images: np.ndarray, perms: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
-def _blas_controller() -> threadpoolctl.ThreadpoolController:
-    return threadpoolctl.ThreadpoolController()
+def _one_blas_thread(pid: int) -> None:
+    threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+
+
+def one_blas_thread() -> None:
+    """Run numpy's BLAS on one thread for the rest of this process (done once per process; not undone).
+
+    Why: (1) numpy's OpenBLAS pool would fight the accelerator's host threads (on a 2-core CPU ~25% fewer
+    training images/s); (2) the batched crop-and-resize products' last bits depend on the BLAS thread count, so
+    batches are reproducible only at a fixed count. The count is process-wide and threadpoolctl obeys only the
+    first thread that sets it while that thread lives (grain's prefetch threads come and go), so a limit per
+    batch, set and restored in those threads, left some batches computed at the other count.
+    """
+    _one_blas_thread(os.getpid())
 
 
 def _fixed_image_shape(source, key: str) -> tuple[int, ...] | None:
@@ -419,6 +429,7 @@ def make_iterator(source, batch_size: int, image_size: int, *, train: bool, seed
     call per image; None uses it when all images of the source have one declared shape (vitsam_shapes,
     CIFAR-10). Both give the same batches, to within one grey level of PIL's rounding.
     The iterator has get_state() -> dict (JSON-serializable) and set_state(dict).
+    A training iterator sets numpy's BLAS to one thread for the rest of the process (`one_blas_thread`).
     """
     process_index, process_count = _process(process_index, process_count)
     if crop_scale is None:
@@ -438,6 +449,7 @@ def make_iterator(source, batch_size: int, image_size: int, *, train: bool, seed
         if order.per_process < batch_size:
             raise ValueError(f"{len(source)} examples over {process_count} processes cannot fill one batch of "
                              f"{batch_size}")
+        one_blas_thread()
         source = _decode_only(source, [image_key, label_key])
         make_batch = _TrainBatch(
             source=source, order=order, image_size=image_size, crop_scale=tuple(crop_scale),

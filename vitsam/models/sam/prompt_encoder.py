@@ -35,7 +35,8 @@ class PromptEncoder(nn.Module):
     Constant: `pe_gaussian` (2, D/2) in the "constants" collection, drawn from N(0, `pe_scale`²) (the official
     `PositionEmbeddingRandom(scale)`, 1.0 in every released SAM). Two points d apart (as a fraction of the
     side) have encodings whose mean product is exp(−8π² pe_scale² d²) in expectation: half of its peak at
-    d ≈ 0.094 / pe_scale, the precision to which the decoder can tell where a prompt point is.
+    d ≈ 0.094 / pe_scale, the precision to which the decoder can tell where a prompt point is. The scale acts
+    only when the matrix is drawn: a loaded or converted model brings its own.
     """
 
     dim: int = 256

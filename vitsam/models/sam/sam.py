@@ -96,7 +96,7 @@ class Sam(nn.Module):
             self.encoder_mlp_ratio, self.prompt_dim, self.window_size, tuple(self.global_attn_indexes),
             attention_impl=self.attention_impl, global_query_rows=self.attention_query_rows, remat=self.remat,
             drop_path=self.drop_path, **kw)
-        self.prompt_encoder = PromptEncoder(self.prompt_dim, self.mask_in_chans, self.pe_scale, **kw)
+        self.prompt_encoder = PromptEncoder(self.prompt_dim, self.mask_in_chans, pe_scale=self.pe_scale, **kw)
         self.mask_decoder = MaskDecoder(
             self.prompt_dim, self.num_multimask_outputs, self.decoder_depth, self.decoder_heads,
             self.decoder_mlp_dim, self.attention_downsample_rate, self.iou_head_depth, self.iou_head_hidden_dim,
