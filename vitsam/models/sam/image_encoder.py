@@ -88,9 +88,9 @@ class RelPosAttention(nn.Module):
     `rel_size` is the grid side the tables are sized for: (2·rel_size − 1, head_dim) each; a grid of
     another side resamples them linearly. `query_rows` > 0 attends for that many grid rows of queries at a
     time and one image at a time (`jax.lax.map`), each chunk with its own slice of the relative term, so the
-    (B, heads, T, T) logits and bias never exist whole; the result is the same. None chooses: one row at a time on CPU when one
-    image's logits would pass `CHUNK_LOGITS_BYTES` (SAM's 4096-token global attention: 1.6x faster on a
-    2-core CPU, where the whole logits array spills every cache), else all at once.
+    (B, heads, T, T) logits and bias never exist whole; the result is the same. None chooses: one row at a
+    time on CPU when one image's logits would pass `CHUNK_LOGITS_BYTES` (SAM's 4096-token global attention:
+    1.6x faster on a 2-core CPU, where the whole logits array spills every cache), else all at once.
     """
 
     num_heads: int
