@@ -63,6 +63,12 @@ def get_config():
     c.freeze_image_encoder = False
     c.eval_only = False         # evaluate init_from on the eval data (DIR/eval.json) and stop
 
+    # Devices: a mesh over every device of every process (-1 fills the rest; the batch splits over data × fsdp)
+    # and the parameter placement (`vitsam.sharding`: (regex, spec) pairs, the first match wins).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    c.sharding_rules = ((".*", "fsdp"),)   # shard parameters over fsdp (a no-op while fsdp is 1)
+    c.sharding_min_size = 2**14            # parameters smaller than this stay replicated under "fsdp"
+
     c.data = ml_collections.ConfigDict()
     c.data.format = "tfds"      # "tfds" (vitsam_shapes or any TFDS set with objects/mask), "sa1b", "coco"
     c.data.name = "vitsam_shapes"

@@ -36,6 +36,12 @@ def get_config():
     c.keep_checkpoints = 3
     c.init_from = ""            # a checkpoint to fine-tune from (vit_jax / big_vision .npz, timm .pth / .safetensors)
 
+    # Devices: a mesh over every device of every process (-1 fills the rest; the batch splits over data × fsdp)
+    # and the parameter placement (`vitsam.sharding`: (regex, spec) pairs, the first match wins).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    c.sharding_rules = ((".*", "fsdp"),)   # shard parameters over fsdp (a no-op while fsdp is 1)
+    c.sharding_min_size = 2**14            # parameters smaller than this stay replicated under "fsdp"
+
     c.data = ml_collections.ConfigDict()
     c.data.name = "vitsam_shapes"
     c.data.data_dir = ml_collections.config_dict.placeholder(str)   # None: TFDS's default (~/tensorflow_datasets)

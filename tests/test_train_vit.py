@@ -52,7 +52,7 @@ def test_one_and_eight_devices_give_the_same_losses(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--config.batch_size=12"], "does not divide by the 8 devices"),
+    (["--config.batch_size=12"], "does not split over the mesh's batch axes (data 8 × fsdp 1 = 8)"),
     (["--config.no_such_field=1"], "no_such_field"),
     (["--config.data.name=no_such_dataset"], "no_such_dataset"),
     (["--config.data.train_split=nope"], "nope"),

@@ -1,7 +1,9 @@
 """The training loop shared by the trainers.
 
-config → input iterators → one jitted step over a device mesh (params replicated, batch split, state
-donated) → metrics.jsonl, progress bar, eval, orbax checkpoints with the data position for exact resume.
+config → input iterators → one jitted step over a device mesh (`cfg.mesh`; parameters and optimizer state
+placed by `cfg.sharding_rules`, born sharded; the batch split over data × fsdp; state donated) → metrics.jsonl,
+progress bar, eval, orbax checkpoints with the data position for exact resume. With several processes every
+process runs this same loop on its rows of each batch; process 0 writes the metrics and shows the progress.
 
 A trainer describes its job as a `Task`; `run` does the rest.
 """
@@ -26,7 +28,7 @@ import optax
 from tqdm import tqdm
 
 from train.optim import make_optimizer, param_path
-from vitsam import parallel
+from vitsam import parallel, sharding
 from vitsam.checkpoint import Checkpointer
 
 
@@ -57,6 +59,8 @@ class Task:
     trainable(path) -> bool: which parameters the optimizer updates (path: tuple of key names); others are frozen
     (zero update, no optimizer state, no weight decay). None: all.
     lr_scale(path) -> float: a per-parameter learning-rate multiplier (e.g. layer-wise lr decay). None: 1.
+    batch_spec(global_batch) -> {key: jax.ShapeDtypeStruct} of the training batch keys `loss_fn` reads: lets
+    `train.plan` compile the step without data.
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -68,6 +72,7 @@ class Task:
     constants: Any = None
     trainable: Callable[[tuple[str, ...]], bool] | None = None
     lr_scale: Callable[[tuple[str, ...]], float] | None = None
+    batch_spec: Callable[[int], dict] | None = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -192,10 +197,83 @@ def evaluate_only(cfg, task: Task) -> dict:
     """Evaluate `task.initial_params` (a checkpoint to fine-tune from) on the eval split, without training."""
     if task.initial_params is None or task.eval_fn is None:
         raise ValueError("evaluating without training needs initial parameters (init_from) and an eval split")
-    mesh = parallel.data_mesh()
+    mesh = make_mesh(cfg)
     local_batch = parallel.check_global_batch(cfg.batch_size, mesh)
-    params = jax.device_put(task.initial_params(), parallel.replicated(mesh))
+    host = task.initial_params()
+    params = sharding.shard_host_tree(host, param_shardings(cfg, mesh, host))
     return evaluate(jax.jit(make_eval_step(task)), params, task, local_batch, mesh)
+
+
+# ----------------------------------------------------------------------------- mesh and shardings
+
+
+def make_mesh(cfg, devices=None):
+    """The mesh of `cfg.mesh` ({axis: size}, -1 fills; default all devices on "data") over `devices` (default:
+    every device of every process)."""
+    axes = cfg.get("mesh")
+    return parallel.make_mesh(None if axes is None else dict(axes), devices)
+
+
+def sharding_rules(cfg):
+    rules = cfg.get("sharding_rules")
+    return sharding.DEFAULT_RULES if rules is None else rules
+
+
+def param_shardings(cfg, mesh, params):
+    """NamedSharding per parameter from `cfg.sharding_rules` (first match wins; default: the fsdp tactic for
+    parameters of at least `cfg.sharding_min_size` elements)."""
+    min_size = cfg.get("sharding_min_size") or sharding.DEFAULT_MIN_SIZE
+    return sharding.named(mesh, sharding.param_specs(params, sharding_rules(cfg), mesh, min_size))
+
+
+@dataclasses.dataclass
+class Setup:
+    """What a training run and a compile-only plan share: the mesh, the optimizer, where every array of the
+    state lives, and the jitted step."""
+
+    mesh: Any
+    tx: Any
+    schedule: Any
+    init: Callable            # rng -> TrainState (unsharded function; jit it with `shardings`)
+    abstract: Any             # TrainState of ShapeDtypeStructs carrying their shardings
+    shardings: Any            # TrainState of NamedShardings
+    batch_sharding: Any
+    train_step: Callable      # jitted (state, batch) -> (state, metrics); state donated
+    local_batch: int
+
+
+def setup(cfg, task: Task, devices=None) -> Setup:
+    """Mesh, optimizer and shardings for `task` under `cfg`; every config error is raised here, before compute.
+
+    Parameters follow `cfg.sharding_rules`; each optimizer-state leaf that mirrors a parameter (Adam's moments)
+    takes that parameter's sharding, the rest (step counts) and the constants are replicated."""
+    mesh = make_mesh(cfg, devices)
+    local_batch = parallel.check_global_batch(cfg.batch_size, mesh)
+    accum = int(cfg.optim.grad_accum_steps)
+    per_split = cfg.batch_size // parallel.batch_split(mesh)
+    if accum < 1 or per_split % accum:
+        raise ValueError(f"grad_accum_steps={accum} must divide the per-device batch {per_split}")
+    tx, schedule = make_optimizer(cfg.optim, int(cfg.total_steps), trainable=task.trainable,
+                                  lr_scale=task.lr_scale)
+    constants = {} if task.constants is None else task.constants
+
+    def init(rng):
+        params = task.init_params(rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          constants=jax.tree.map(jnp.asarray, constants))
+
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+    rep = parallel.replicated(mesh)
+    params = param_shardings(cfg, mesh, abstract.params)
+    opt_state = sharding.follow_params(abstract.opt_state, abstract.params, params, rep)
+    shardings = TrainState(step=rep, params=params, opt_state=opt_state,
+                           constants=jax.tree.map(lambda _: rep, abstract.constants))
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings)
+    step_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))[1]
+    batch_sharding = parallel.batch_sharded(mesh)
+    train_step = jax.jit(make_train_step(task, tx, schedule, accum, step_rng),
+                         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, rep), donate_argnums=0)
+    return Setup(mesh, tx, schedule, init, abstract, shardings, batch_sharding, train_step, local_batch)
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -212,27 +290,6 @@ def model_overrides(model_cfg) -> dict:
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in m.items() if v is not None}
 
 
-def command_main(program: str, train: Callable, config_flag, workdir_flag) -> Callable:
-    """The absl `main` of a trainer: `train(config, workdir)`, its expected failures (a bad config, a missing
-    dataset, a NaN loss) as one-line errors, the final eval printed."""
-
-    def main(argv) -> None:
-        from absl import app, flags, logging
-
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console for the bar
-            logging.set_verbosity(logging.WARNING)
-        try:
-            result = train(config_flag.value, workdir_flag.value)
-        except (ValueError, FileNotFoundError, NonFiniteLossError) as e:
-            raise SystemExit(f"{program}: error: {e}") from None
-        if result:
-            print("final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-
-    return main
-
-
 def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> dict:
     """Train `task` for `cfg.total_steps` steps, resuming from the newest good checkpoint in `workdir`.
 
@@ -240,44 +297,28 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
     keep_checkpoints, seed, optim.* (see train.optim) and optim.grad_accum_steps. Returns the last eval metrics.
     """
     workdir = prepare_workdir(workdir)
-    mesh = parallel.data_mesh()
-    local_batch = parallel.check_global_batch(cfg.batch_size, mesh)
-    accum = int(cfg.optim.grad_accum_steps)
-    if accum < 1 or (cfg.batch_size // mesh.size) % accum:
-        raise ValueError(f"grad_accum_steps={accum} must divide the per-device batch {cfg.batch_size // mesh.size}")
-    total = int(cfg.total_steps)
-    tx, schedule = make_optimizer(cfg.optim, total, trainable=task.trainable, lr_scale=task.lr_scale)
     is_main = jax.process_index() == 0
-
-    root = jax.random.PRNGKey(cfg.seed)
-    init_rng, step_rng = jax.random.split(root)
-
-    constants = {} if task.constants is None else task.constants
-
-    def init(rng):
-        params = task.init_params(rng)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          constants=jax.tree.map(jnp.asarray, constants))
-
-    rep = parallel.replicated(mesh)
-    abstract = jax.eval_shape(init, init_rng)
-    shardings = jax.tree.map(lambda _: rep, abstract)
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings)
+    say = status if is_main else (lambda message: None)
+    setup_ = setup(cfg, task)
+    mesh, shardings, local_batch = setup_.mesh, setup_.shardings, setup_.local_batch
+    total = int(cfg.total_steps)
+    init_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))[0]
 
     ckpt = Checkpointer(workdir / "checkpoints", every=cfg.checkpoint_every, keep=cfg.keep_checkpoints)
     train_it = task.train_iterator(local_batch)
-    restored = ckpt.restore_latest(abstract)
+    restored = ckpt.restore_latest(setup_.abstract)
     if restored is not None:
         step, state, data = restored
         train_it.set_state(_decode_state(data["iterator"]))
-        status(f"resumed from step {step} ({ckpt.directory})")
+        say(f"resumed from step {step} ({ckpt.directory})")
     else:
         step = 0
         if task.initial_params is None:
-            state = jax.jit(init, out_shardings=shardings)(init_rng)
-        else:
-            params = jax.device_put(task.initial_params(), shardings.params)
-            consts = jax.device_put(constants, shardings.constants)
+            state = jax.jit(setup_.init, out_shardings=shardings)(init_rng)
+        else:  # each device receives only its slice of the host checkpoint
+            params = sharding.shard_host_tree(task.initial_params(), shardings.params)
+            consts = sharding.shard_host_tree(task.constants or {}, shardings.constants)
+            tx = setup_.tx
             state = jax.jit(lambda p, c: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p), c),
                             out_shardings=shardings)(params, consts)
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -286,14 +327,14 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
             n_train = sum(x.size for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
                           if task.trainable(param_path(path)))
             frozen = f" ({n_train:,} trainable)"
-        status(f"initialised {n_params:,} parameters{frozen} on {mesh.size} device(s), "
-               f"{jax.process_count()} process(es)")
+        axes = ", ".join(f"{k} {v}" for k, v in mesh.shape.items())
+        say(f"initialised {n_params:,} parameters{frozen} on {mesh.size} device(s) (mesh {axes}), "
+            f"{jax.process_count()} process(es); {sharding.per_device_bytes(setup_.abstract.params) / 2**20:,.1f} "
+            f"MiB of parameters per device")
     start_step = step
     log = MetricsLog(workdir / "metrics.jsonl", step, enabled=is_main)
 
-    batch_sharding = parallel.batch_sharded(mesh)
-    train_step = jax.jit(make_train_step(task, tx, schedule, accum, step_rng),
-                         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, rep), donate_argnums=0)
+    train_step = setup_.train_step
     eval_step = jax.jit(make_eval_step(task)) if task.eval_fn is not None else None
 
     stop = {"signal": None}
@@ -320,7 +361,7 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
     try:
         while step < total:
             if stop["signal"] is not None:
-                status(f"signal {stop['signal']} received: checkpointing step {step} and stopping")
+                say(f"signal {stop['signal']} received: checkpointing step {step} and stopping")
                 ckpt.save(step, state, {"iterator": _encode_state(train_it.get_state())}, force=True)
                 break
             batch = parallel.shard_batch(next(train_it), mesh)
@@ -328,7 +369,7 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
                 t0 = time.perf_counter()
                 state, metrics = train_step(state, batch)
                 jax.block_until_ready(metrics)
-                status(f"compiled and ran the first step in {time.perf_counter() - t0:.1f}s")
+                say(f"compiled and ran the first step in {time.perf_counter() - t0:.1f}s")
                 window_start, window_steps = time.perf_counter(), 0
             else:
                 state, metrics = train_step(state, batch)
@@ -356,7 +397,8 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
             if eval_now:
                 last_eval = evaluate(eval_step, state.params, task, local_batch, mesh)
                 log.write({"step": step, "split": "eval", **last_eval})
-                bar.write(f"step {step}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                if is_main:
+                    bar.write(f"step {step}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
                 window_start, window_steps = time.perf_counter(), 0
             if save_now:
                 ckpt.save(step, state, {"iterator": _encode_state(train_it.get_state())}, force=step == total)

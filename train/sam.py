@@ -5,10 +5,13 @@
         --config.init_from=/path/sam_vit_b --config.data.train_path=/data/sa1b/train --config.data.eval_path=...
 
     python -m train.sam --workdir DIR --config.init_from=CKPT --config.eval_only=True    # only eval: DIR/eval.json
+    python -m train.sam --config configs/sam_vit_h_sa1b_fsdp.py --workdir DIR --compile_for=tpu:v5e:8x8
 
 Any config field can be overridden as --config.field=value. Running the same command again resumes from the
 last checkpoint in DIR (params, optimizer state, step and data position). DIR also gets model.json, so
 `vitsam segment IMAGE --checkpoint DIR` and `vitsam.convert.load_model(DIR)` use the trained model.
+Several processes and --compile_for: see `train.launch`; meshes and sharding rules: `--config.mesh.*`,
+`--config.sharding_rules` (`vitsam.sharding`).
 
 One step, for b images with up to M masks each (N = b·M prompt sessions, padding masks weighted 0):
   1. the image encoder runs once per image (frozen: without gradients); its embedding serves all M masks;
@@ -39,7 +42,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from train import loop
+from train import launch, loop
 from vitsam.checkpoint import model_spec, write_model_spec
 from vitsam.data import prompts
 from vitsam.losses import mask_iou, segmentation_loss
@@ -395,6 +398,16 @@ def sam_task(cfg, model: Sam, train_source, eval_source, class_names, initial_va
         if constants is None:
             raise ValueError(f"{cfg.init_from} has no 'constants' (the prompt encoder's Fourier matrix)")
     use_text = bool(cfg.sim.text and model.text and class_names)
+    d = cfg.data
+
+    def batch_spec(global_batch):
+        b, m, size = global_batch, d.max_masks, d.image_size
+        spec = {"image": ((b, size, size, 3), jnp.uint8), "masks": ((b, m, size, size), jnp.bool_),
+                "mask_valid": ((b, m), jnp.bool_), "boxes": ((b, m, 4), jnp.float32), "labels": ((b, m), jnp.int32)}
+        if d.format != "tfds":
+            spec["input_size"] = ((b, 2), jnp.int32)
+        return {k: jax.ShapeDtypeStruct(*v) for k, v in spec.items()}
+
     text_table = model.tokenize(list(class_names)) if use_text else None
     task = SamTask(cfg, model, constants, text_table)
     train_iterator, eval_iterator = make_iterators(cfg, train_source, eval_source)
@@ -407,6 +420,7 @@ def sam_task(cfg, model: Sam, train_source, eval_source, class_names, initial_va
         constants=constants,
         trainable=(lambda path: path[0] != "image_encoder") if cfg.freeze_image_encoder else None,
         lr_scale=(lambda path: decay ** (depth + 1 - layer_id(path, depth))) if decay < 1.0 else None,
+        batch_spec=batch_spec,
     )
 
 
@@ -433,7 +447,24 @@ def train(cfg, workdir) -> dict:
     return loop.run(cfg, workdir, task)
 
 
-main = loop.command_main("train.sam", train, _CONFIG, _WORKDIR)
+def plan_task(cfg) -> loop.Task:
+    """The task without data or weights (for --compile_for): `cfg.model`'s variant and overrides (init_from is
+    not read), no text prompts (their class names come from the data)."""
+    _check_config(cfg)
+    try:
+        model = sam_variant(cfg.model.variant, **loop.model_overrides(cfg.model))
+    except TypeError as e:
+        raise ValueError(f"model: {e}") from None
+    return sam_task(cfg, model, None, None, None)
+
+
+def model_fields(cfg) -> dict:
+    return {"kind": "sam", "variant": cfg.model.variant, "dtype": cfg.model.dtype, "remat": cfg.model.remat,
+            "image_size": cfg.data.image_size, "max_masks": cfg.data.max_masks, "rounds": cfg.sim.num_rounds,
+            "freeze_image_encoder": bool(cfg.freeze_image_encoder)}
+
+
+main = launch.command_main("train.sam", train, plan_task, _CONFIG, _WORKDIR, model_fields)
 
 
 if __name__ == "__main__":

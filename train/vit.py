@@ -2,9 +2,12 @@
 
     python -m train.vit --workdir DIR                                   # the embedded offline recipe
     python -m train.vit --config configs/vit_b16_imagenet.py --workdir DIR --config.batch_size=1024
+    python -m train.vit --config configs/vit_h14_imagenet_fsdp.py --workdir DIR --compile_for=tpu:v5e:16x16
 
 Any config field can be overridden as --config.field=value. Running the same command again resumes from the
-last checkpoint in DIR (params, optimizer state, step and data position).
+last checkpoint in DIR (params, optimizer state, step and data position). Several processes (TPU pods, SLURM,
+--coordinator_address ...) and --compile_for: see `train.launch`; meshes and sharding rules: `--config.mesh.*`,
+`--config.sharding_rules` (`vitsam.sharding`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from train import loop
+from train import launch, loop
 from vitsam.checkpoint import model_spec, write_model_spec
 from vitsam.models import vit_variant
 
@@ -46,6 +49,7 @@ def build_model(cfg, num_classes: int):
 
 
 def classification_task(cfg, model, train_source, eval_source, initial_params=None) -> loop.Task:
+    """The loop's task; the sources may be None for compile-only planning (no iterators then)."""
     from vitsam.data import pipeline
 
     d = cfg.data
@@ -78,9 +82,14 @@ def classification_task(cfg, model, train_source, eval_source, initial_params=No
         return pipeline.make_iterator(eval_source, batch_size=local_batch, train=False,
                                       eval_crop_fraction=d.eval_crop_fraction, **reading)
 
+    def batch_spec(global_batch):
+        return {"image": jax.ShapeDtypeStruct((global_batch, d.image_size, d.image_size, 3), jnp.float32),
+                "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32)}
+
     return loop.Task(init_params=init_params, loss_fn=loss_fn, train_iterator=train_iterator,
                      eval_iterator=eval_iterator, eval_fn=eval_fn,
-                     initial_params=None if initial_params is None else lambda: initial_params)
+                     initial_params=None if initial_params is None else lambda: initial_params,
+                     batch_spec=batch_spec)
 
 
 def train(cfg, workdir) -> dict:
@@ -101,7 +110,23 @@ def train(cfg, workdir) -> dict:
     return loop.run(cfg, workdir, classification_task(cfg, model, train_source, eval_source, initial_params))
 
 
-main = loop.command_main("train.vit", train, _CONFIG, _WORKDIR)
+def plan_task(cfg) -> loop.Task:
+    """The task without data or weights (for --compile_for): `cfg.model`'s architecture, the class count the
+    dataset's TFDS builder declares (nothing is read or prepared)."""
+    from vitsam.data import pipeline
+
+    num_classes = pipeline.declared_num_classes(cfg.data.name, cfg.data.data_dir)
+    model = vit_variant(cfg.model.variant, num_classes=num_classes, image_size=cfg.data.image_size,
+                        **loop.model_overrides(cfg.model))
+    return classification_task(cfg, model, None, None)
+
+
+def model_fields(cfg) -> dict:
+    return {"kind": "vit", "variant": cfg.model.variant, "dtype": cfg.model.dtype, "remat": cfg.model.remat,
+            "image_size": cfg.data.image_size}
+
+
+main = launch.command_main("train.vit", train, plan_task, _CONFIG, _WORKDIR, model_fields)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""The command line every trainer shares: the multi-process flags, compile-only planning, and its absl `main`.
+
+One process per host (or per GPU where the launcher starts one per GPU), each running the same command:
+  TPU pod slice:  gcloud compute tpus tpu-vm ssh NAME --worker=all --command="python -m train.vit ..."
+                  (the processes find each other through the TPU VM metadata)
+  SLURM:          srun --ntasks=N python -m train.vit ...    (auto-detected from SLURM's environment)
+  Open MPI:       mpirun -np N python -m train.vit ...
+  by hand:        python -m train.vit ... --coordinator_address=HOST0:PORT --num_processes=N --process_id=i
+One multi-GPU host needs nothing of this: one process drives all its GPUs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from absl import flags
+
+from vitsam import parallel
+
+COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 in a multi-process run started by hand "
+    "(with --num_processes and --process_id); SLURM, Open MPI and TPU pods are detected without it")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "how many processes the run has (with --coordinator_address)")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index, 0 … num_processes − 1")
+TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout", 300, "seconds to wait for every process at start-up, and for a silent (dead) process "
+    "before the others stop with an error instead of hanging")
+COMPILE_FOR = flags.DEFINE_string(
+    "compile_for", None, "compile the train step for this target without running it (tpu:v5e:16x16, "
+    "tpu:v4:2x2x4, tpu:v5p:2x2x2, cpu:8) and write WORKDIR/compile_plan.json; needs no data or weights")
+
+
+def command_main(program: str, train: Callable, plan_task: Callable, config_flag, workdir_flag,
+                 model_fields: Callable | None = None) -> Callable:
+    """The absl `main` of a trainer.
+
+    train(config, workdir) -> final eval dict; plan_task(config) -> a `loop.Task` built without data or weights
+    (for --compile_for); model_fields(config) -> a dict describing the model for the plan. Expected failures (a
+    bad config or flag, a missing dataset, a NaN loss) end as one-line errors."""
+
+    def main(argv) -> None:
+        import jax
+        from absl import app, logging
+
+        from train import loop, plan
+
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console for the bar
+            logging.set_verbosity(logging.WARNING)
+        cfg, workdir = config_flag.value, workdir_flag.value
+        try:
+            if COMPILE_FOR.value:
+                plan.prepare_platform(COMPILE_FOR.value)
+                fields = model_fields(cfg) if model_fields else None
+                plan.compile_plan(cfg, workdir, COMPILE_FOR.value, plan_task, model_fields=fields)
+                return
+            parallel.initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
+                                            timeout_s=TIMEOUT.value, heartbeat_timeout_s=TIMEOUT.value)
+            result = train(cfg, workdir)
+        except (ValueError, FileNotFoundError, loop.NonFiniteLossError) as e:
+            raise SystemExit(f"{program}: error: {e}") from None
+        if result and jax.process_index() == 0:
+            print("final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+
+    return main
