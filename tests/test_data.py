@@ -44,7 +44,8 @@ def _take(it, n):
 
 def _equal_batches(a, b):
     return len(a) == len(b) and all(
-        x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
+        x.keys() == y.keys() and all(x[k].dtype == y[k].dtype and np.array_equal(x[k], y[k]) for k in x)
+        for x, y in zip(a, b))
 
 
 # ----------------------------------------------------------------------------- generator
@@ -308,15 +309,109 @@ def test_get_state_set_state_resumes_exactly(train_src):
     assert _equal_batches(_take(restored, 3), reference[3:])
 
 
-def test_process_shards_are_disjoint_and_cover(train_src):
-    shards = []
-    for p in range(2):
-        it = pipeline.make_iterator(train_src, 32, 64, train=True, num_epochs=1,
-                                    process_index=p, process_count=2)
-        shards.append(np.concatenate([b["index"] for b in it]))
-    assert len(shards[0]) == len(shards[1]) == 256
-    assert not set(shards[0]) & set(shards[1])
-    np.testing.assert_array_equal(np.sort(np.concatenate(shards)), np.arange(512))
+def _small_source(kind, n=36):
+    """n synthetic examples: "fixed" images of one declared shape (augmentation drawn per global batch), "ragged"
+    ones of varying sizes (per example, by stream position)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, n)
+    if kind == "fixed":
+        return pipeline.InMemorySource({"image": rng.integers(0, 256, (n, 20, 20, 3), np.uint8), "label": labels})
+    images = [rng.integers(0, 256, (16 + i % 5, 18 + i % 3, 3), np.uint8) for i in range(n)]
+    return pipeline.InMemorySource({"image": images, "label": labels})
+
+
+def _concat(parts):
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+_AUGMENT = dict(crop_scale=(0.3, 1.0), rotate90=True, permute_channels=True)
+
+
+@pytest.mark.parametrize("kind, batch_augment", [("fixed", None), ("fixed", False), ("ragged", None)])
+def test_process_batches_concatenate_to_the_one_process_batch(kind, batch_augment):
+    """Global batch j is a function of (seed, j) only: process i of P yields rows [i b, (i + 1) b) of what one
+    process with batch B = P b yields, bitwise, across epoch boundaries (36 examples, B = 8: one falls inside a
+    batch), and every process count stops after the same num_epochs * n // B batches."""
+    src = _small_source(kind)
+
+    def batches(b, i, p):
+        return list(pipeline.make_iterator(src, b, 16, train=True, seed=5, num_epochs=2, process_index=i,
+                                           process_count=p, batch_augment=batch_augment, num_threads=0, **_AUGMENT))
+
+    reference = batches(8, 0, 1)
+    assert len(reference) == 2 * 36 // 8
+    for p in (2, 4):
+        per_process = [batches(8 // p, i, p) for i in range(p)]
+        assert _equal_batches([_concat(parts) for parts in zip(*per_process)], reference)
+    with pytest.raises(ValueError, match="cannot fill one global batch of 40"):
+        pipeline.make_iterator(src, 10, 16, train=True, process_index=0, process_count=4)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "ragged"])
+def test_state_is_the_same_on_every_process_and_moves_across_process_counts(kind):
+    src = _small_source(kind)
+
+    def iterator(b, i, p):
+        return pipeline.make_iterator(src, b, 16, train=True, seed=2, process_index=i, process_count=p,
+                                      num_threads=0, **_AUGMENT)
+
+    two = [iterator(4, i, 2) for i in range(2)]
+    for _ in range(3):
+        [next(it) for it in two]
+    states = [json.loads(json.dumps(it.get_state())) for it in two]
+    assert states[0] == states[1]
+    continued = [_concat([next(it) for it in two]) for _ in range(4)]  # across the epoch boundary at 36
+    one = iterator(8, 0, 1)
+    one.set_state(states[0])
+    assert _equal_batches(_take(one, 4), continued)
+    four = [iterator(2, i, 4) for i in range(4)]  # and back: one process's state, four processes
+    for it in four:
+        it.set_state(states[0])
+    assert _equal_batches([_concat([next(it) for it in four]) for _ in range(4)], continued)
+
+
+def _module_at(commit, path, name):
+    """The module `path` as of `commit`, loaded under `name`; skips where git or the commit is unavailable."""
+    import importlib.util
+    import pathlib
+    import tempfile
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    try:
+        text = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=root, capture_output=True, text=True,
+                              check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip(f"git show {commit[:8]}:{path} is not available here")
+    file = pathlib.Path(tempfile.mkdtemp()) / f"{name}.py"
+    file.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+# The last commit whose training streams were one per process: with one process, the streams must not have moved
+# (the recipes' published results were measured on them). Eval streams did not change either.
+PER_PROCESS_STREAMS = "8842c16bd69aae9b41e2a9909688f559bedb01c0"
+
+
+def test_one_process_streams_are_those_of_the_per_process_pipeline(train_src, test_src):
+    old = _module_at(PER_PROCESS_STREAMS, "vitsam/data/pipeline.py", "pipeline_per_process_streams")
+    kw = dict(train=True, seed=3, process_index=0, process_count=1, num_threads=0)
+    small = _small_source("fixed")
+    for batch_augment in (None, False):  # the whole-batch resize and PIL, both drawing from the batch's rng
+        a = _take(old.make_iterator(small, 8, 16, batch_augment=batch_augment, **kw, **_AUGMENT), 6)
+        b = _take(pipeline.make_iterator(small, 8, 16, batch_augment=batch_augment, **kw, **_AUGMENT), 6)
+        assert _equal_batches(a, b)
+    a = _take(old.make_iterator(train_src, 16, 64, **kw, **_AUGMENT), 2)  # a TFDS-declared image shape
+    assert _equal_batches(a, _take(pipeline.make_iterator(train_src, 16, 64, **kw, **_AUGMENT), 2))
+    instances = _instance_subset(test_src, 10)
+    a = _take(old.make_instance_iterator(instances, 4, 32, 3, **kw), 4)  # an epoch boundary inside batch 2
+    assert _equal_batches(a, _take(pipeline.make_instance_iterator(instances, 4, 32, 3, **kw), 4))
+    kw["train"] = False
+    a = list(old.make_instance_iterator(instances, 4, 32, 3, **kw))
+    assert _equal_batches(a, list(pipeline.make_instance_iterator(instances, 4, 32, 3, **kw)))
 
 
 @pytest.mark.parametrize("process_count", [1, 2])
@@ -368,6 +463,39 @@ def test_cached_instances_give_the_same_batches(test_src):
     b = _take(pipeline.make_instance_iterator(cached, 8, 64, 4, **kw), 3)
     assert _equal_batches(a, b)
     assert sum(int(x["mask_valid"].sum()) for x in a) > 3 * 8  # distractors are in there too
+
+
+def _instance_subset(source, n):
+    """The first n examples of a vitsam_shapes source, in memory (its dataset_info kept for the features)."""
+    records = [source[i] for i in range(n)]
+    return pipeline.InMemorySource({"image": np.stack([r["image"] for r in records]),
+                                    "objects": [r["objects"] for r in records],
+                                    "label": np.array([r["label"] for r in records])}, source.dataset_info)
+
+
+def test_instance_process_batches_concatenate_and_states_move(test_src):
+    """make_instance_iterator: process i of P yields rows [i b, (i + 1) b) of the one-process batch of B = P b,
+    bitwise, across epoch boundaries (20 examples, B = 8), and a state moves between process counts."""
+    src = _instance_subset(test_src, 20)
+
+    def iterator(b, i, p):
+        return pipeline.make_instance_iterator(src, b, 32, 3, train=True, seed=4, process_index=i, process_count=p,
+                                               num_threads=0)
+
+    reference = _take(iterator(8, 0, 1), 6)
+    for p in (2, 4):
+        per_process = [_take(iterator(8 // p, i, p), 6) for i in range(p)]
+        assert _equal_batches([_concat(parts) for parts in zip(*per_process)], reference)
+    two = [iterator(4, i, 2) for i in range(2)]
+    for _ in range(2):
+        [next(it) for it in two]
+    states = [json.loads(json.dumps(it.get_state())) for it in two]
+    assert states[0] == states[1]
+    one = iterator(8, 0, 1)
+    one.set_state(states[0])
+    assert _equal_batches(_take(one, 4), reference[2:6])
+    with pytest.raises(ValueError, match="cannot fill one global batch of 24"):
+        pipeline.make_instance_iterator(src, 6, 32, 3, train=True, process_index=0, process_count=4)
 
 
 def test_instance_iterator(test_src):

@@ -1,6 +1,7 @@
 """SAM data: COCO RLE against hand-computed strings, polygons, the SA-1B and COCO readers on hand-written files,
 and the aspect-preserving annotation iterator (padding, boxes, exact resume)."""
 
+import itertools
 import json
 
 import numpy as np
@@ -166,6 +167,92 @@ def test_annotation_iterator_samples_masks_and_resumes_exactly(sa1b_dir):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
     assert all(b["mask_valid"].sum() == 2 for b in first + rest)  # 2 of the 3 masks, drawn at random
+
+
+def _annotated_records(n=10):
+    """n in-memory annotation records of varying sizes, 3 or 4 RLE masks each (some under min_area=20)."""
+    rng = np.random.default_rng(2)
+    records = []
+    for i in range(n):
+        h, w = 20 + 3 * (i % 4), 30 - 2 * (i % 3)
+        masks = rng.random((3 + i % 2, h, w)) < rng.uniform(0.01, 0.5, (3 + i % 2, 1, 1))
+        records.append({"image": rng.integers(0, 256, (h, w, 3), np.uint8),
+                        "segmentations": [rle.encode(m) for m in masks],
+                        "labels": rng.integers(-1, 4, len(masks)).astype(np.int32)})
+    return records
+
+
+def _take(it, n):
+    return list(itertools.islice(it, n))
+
+
+def _concat(parts):
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _assert_equal_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert x[key].dtype == y[key].dtype
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_annotation_process_batches_concatenate_and_states_move():
+    """Process i of P yields rows [i b, (i + 1) b) of the one-process batch of B = P b, bitwise, across epoch
+    boundaries (10 examples, B = 4: one inside batch 2), and a state moves between process counts."""
+    src = _annotated_records()
+
+    def iterator(b, i, p):
+        return make_annotation_iterator(src, b, 24, 2, train=True, seed=6, process_index=i, process_count=p,
+                                        min_area=20, num_threads=0)
+
+    reference = _take(iterator(4, 0, 1), 6)
+    for p in (2, 4):
+        per_process = [_take(iterator(4 // p, i, p), 6) for i in range(p)]
+        _assert_equal_batches([_concat(parts) for parts in zip(*per_process)], reference)
+    two = [iterator(2, i, 2) for i in range(2)]
+    for _ in range(2):
+        [next(it) for it in two]
+    states = [json.loads(json.dumps(it.get_state())) for it in two]
+    assert states[0] == states[1]
+    one = iterator(4, 0, 1)
+    one.set_state(states[0])
+    _assert_equal_batches(_take(one, 4), reference[2:])
+
+
+def test_one_process_annotation_streams_are_those_of_the_per_process_pipeline():
+    """With one process, the training and eval streams of the commit whose streams were one per process."""
+    import importlib.util
+    import pathlib
+    import subprocess
+    import sys
+    import tempfile
+
+    from vitsam.data import pipeline
+
+    commit = "8842c16bd69aae9b41e2a9909688f559bedb01c0"  # tests/test_data.py: PER_PROCESS_STREAMS
+    modules = {}
+    for name, path in (("pipeline", "vitsam/data/pipeline.py"), ("annotations", "vitsam/data/annotations.py")):
+        try:
+            text = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=pathlib.Path(__file__).resolve().parents[1],
+                                  capture_output=True, text=True, check=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            pytest.skip(f"git show {commit[:8]}:{path} is not available here")
+        file = pathlib.Path(tempfile.mkdtemp()) / f"{name}_per_process_streams.py"
+        file.write_text(text)
+        spec = importlib.util.spec_from_file_location(file.stem, file)
+        modules[name] = sys.modules[file.stem] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[name])
+    old = modules["annotations"]
+    old.pipeline = modules["pipeline"]  # its own helpers, not today's
+    assert pipeline is not old.pipeline
+    src = _annotated_records()
+    for train in (True, False):
+        kw = dict(train=train, seed=1, process_index=0, process_count=1, min_area=20, num_threads=0)
+        a = _take(old.make_annotation_iterator(src, 4, 24, 2, **kw), 4)  # eval: its 3 batches
+        _assert_equal_batches(a, _take(make_annotation_iterator(src, 4, 24, 2, **kw), 4))
 
 
 def _coco(tmp_path, extra_annotations=()):

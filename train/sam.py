@@ -54,7 +54,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "train
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics.jsonl go", required=True)
 
 # Fields that change how a model trains, not its parameters: a fine-tuning config may set them.
-TRAINING_FIELDS = ("drop_path", "dtype", "remat", "attention_impl")
+TRAINING_FIELDS = ("drop_path", "dtype", "remat", "attention_impl", "attention_query_rows")
 FORMATS = ("tfds", "sa1b", "coco")
 
 

@@ -97,10 +97,8 @@ def make_annotation_iterator(source, batch_size: int, image_size: int, max_masks
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
     process_index, process_count = pipeline._process(process_index, process_count)
-    ds = pipeline._index_dataset(len(source), batch_size, train=train, seed=seed, num_epochs=num_epochs,
-                                 process_index=process_index, process_count=process_count)
     example = _AnnotatedExample(source=source, image_size=image_size, max_masks=max_masks, train=train,
                                 flip=flip, min_area=min_area)
-    ds = ds.random_map(example, seed=pipeline._element_seed(seed, process_index))
-    return pipeline._finish(ds, batch_size, train=train, num_threads=num_threads, prefetch=prefetch,
-                            worker_count=worker_count)
+    ds = pipeline._example_batches(len(source), batch_size, example, train=train, seed=seed, num_epochs=num_epochs,
+                                   process_index=process_index, process_count=process_count)
+    return pipeline._finish(ds, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)

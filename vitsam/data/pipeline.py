@@ -8,14 +8,23 @@
     state = it.get_state()  # a small JSON-serializable dict; it.set_state(state) resumes exactly
 
 Conventions:
-  * `batch_size` is the per-process batch b (the trainer passes global_batch // process_count).
-  * Each process reads a disjoint shard: example indices `process_index::process_count`.
-  * Train: shuffled by `seed`, reshuffled each epoch, infinite unless num_epochs is given; the last
-    partial batch of a finite run is dropped; the augmentation of an example is a function of
-    (seed, process, position in the stream), so it is reproducible and resumable too.
-  * Eval: one pass in index order. Every process yields the same number of batches (needed by a
-    multi-host jitted step); the slots past the end of the data repeat real examples with
-    "mask" False, so `sum(correct * mask)` counts each example exactly once.
+  * `batch_size` is the per-process batch b (the trainer passes global_batch // process_count);
+    B = b x process_count is the global batch.
+  * Train: one stream for all processes, whatever their number. Each epoch is a permutation of all n
+    examples, a function of (seed, epoch); global batch j is the stream positions [j B, (j + 1) B)
+    and process i yields its rows [i b, (i + 1) b) of it. An example's augmentation depends on the
+    seed and its place in the stream, never on the process (images of one declared shape: drawn
+    row after row from its global batch's rng; others: from an rng of its own position), so global
+    batch j is a function of (seed, j) only: one process with batch B yields the row-wise
+    concatenation of what P processes with batch B / P yield. Needs n >= B. Infinite unless
+    num_epochs is given; a last partial global batch of a finite run is dropped.
+  * State: `get_state()` counts the global batches read (plus prefetch-worker bookkeeping), the
+    same on every process, so a state saved by any process resumes the stream under any process
+    count with the same global batch B.
+  * Eval: one pass in index order, process i reading examples i, i + P, ... (P = process_count).
+    Every process yields the same number of batches (needed by a multi-host jitted step); the slots
+    past the end of the data repeat real examples with "mask" False, so `sum(correct * mask)`
+    counts each example exactly once.
   * "mask" (b,) bool is present in both modes (all True in training); "index" (b,) int32 is the
     example's position in the split (for debugging and tests; a jitted step can ignore it).
   * Prefetch: `num_threads` threads fill a buffer of `prefetch` batches; `worker_count` > 0 adds
@@ -105,6 +114,20 @@ def class_names(source, key: str = "label") -> list[str]:
 
 def num_classes(source, key: str = "label") -> int:
     return len(class_names(source, key))
+
+
+def declared_num_classes(name: str, data_dir: str | os.PathLike | None = None, key: str = "label") -> int:
+    """The class count a TFDS dataset's builder declares, without reading or preparing any data."""
+    if name.split("/")[0] == SHAPES_NAME:
+        from vitsam.data import shapes_builder  # noqa: F401 - registers the builder with TFDS
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else os.path.expanduser(os.fspath(data_dir)))
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(f"unknown TFDS dataset {name!r}") from None
+    try:
+        return int(builder.info.features[key].num_classes)
+    except (KeyError, AttributeError):
+        raise ValueError(f"dataset {name!r} declares no ClassLabel feature {key!r}") from None
 
 
 def _features(source) -> tfds.features.FeaturesDict:
@@ -199,20 +222,25 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
     return process_index, process_count
 
 
+def _check_fills_a_batch(num_examples: int, batch_size: int, process_count: int) -> None:
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if num_examples < batch_size * process_count:
+        raise ValueError(f"{num_examples} examples cannot fill one global batch of {batch_size * process_count} "
+                         f"({process_count} processes x {batch_size})")
+
+
 def _index_dataset(num_examples: int, batch_size: int, *, train: bool, seed: int,
                    num_epochs: int | None, process_index: int,
                    process_count: int) -> grain.MapDataset:
-    """MapDataset of (example index, is real) pairs for this process, in the order to read."""
+    """MapDataset of (example index, is real) pairs in the order to read. Train: the global stream, the same on
+    every process (`_process_batches` takes a process's rows); eval: this process's examples."""
+    if train:
+        _check_fills_a_batch(num_examples, batch_size, process_count)
+        ds = grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat(num_epochs)  # shuffle uses seed + epoch
+        return ds.map(lambda i: (int(i), True))
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if train:
-        per_process = num_examples // process_count  # equal shards keep the epochs in step
-        if per_process < batch_size:
-            raise ValueError(f"{num_examples} examples over {process_count} processes cannot "
-                             f"fill one batch of {batch_size}")
-        ds = grain.MapDataset.range(per_process * process_count)[process_index::process_count]
-        ds = ds.shuffle(seed=seed).repeat(num_epochs)  # shuffle uses seed + epoch
-        return ds.map(lambda i: (int(i), True))
     if num_examples == 0:
         raise ValueError("the eval split is empty")
     # Pad to whole batches on every process; padded slots read a real example, flagged False.
@@ -222,18 +250,41 @@ def _index_dataset(num_examples: int, batch_size: int, *, train: bool, seed: int
     return ds.map(lambda i: (int(i) % num_examples, int(i) < num_examples))
 
 
-def _element_seed(seed: int, process_index: int) -> int:
-    """A 32-bit seed for per-example randomness, distinct per process."""
-    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+def _process_batches(ds: grain.MapDataset, batch_size: int, process_index: int,
+                     process_count: int) -> grain.MapDataset:
+    """This process's batches of the global stream `ds`: element j stacks positions [j B + i b, j B + (i + 1) b)
+    (b = batch_size, B = b x process_count, i = process_index); a last partial global batch is dropped."""
+    ds = ds.batch(batch_size, drop_remainder=True)  # element m: positions [m b, (m + 1) b)
+    return ds[process_index:len(ds) // process_count * process_count:process_count]
 
 
-def _finish(ds: grain.MapDataset, batch_size: int | None, *, train: bool, num_threads: int,
-            prefetch: int, worker_count: int):
-    # Batch before to_iter_dataset: each element is then a whole batch, so threads and worker
-    # processes split work by batch and the order never depends on their number. batch_size None: the
-    # elements already are batches.
-    if batch_size is not None:
-        ds = ds.batch(batch_size, drop_remainder=train)
+def _example_batches(num_examples: int, batch_size: int, example, *, train: bool, seed: int,
+                     num_epochs: int | None, process_index: int, process_count: int) -> grain.MapDataset:
+    """This process's batches of `example((index, is_real), rng)`. In training the random map runs over the
+    global stream, so an example's rng is a function of (seed, its global position) only."""
+    ds = _index_dataset(num_examples, batch_size, train=train, seed=seed, num_epochs=num_epochs,
+                        process_index=process_index, process_count=process_count)
+    ds = ds.random_map(example, seed=_element_seed(seed))
+    if train:
+        return _process_batches(ds, batch_size, process_index, process_count)
+    return ds.batch(batch_size)
+
+
+def _element_seed(seed: int) -> int:
+    """A 32-bit seed for per-example and per-batch randomness. ([seed, 0]: process 0's seed from when each process
+    had a stream of its own, so that one process's stream is unchanged.)"""
+    return int(np.random.SeedSequence([seed, 0]).generate_state(1)[0])
+
+
+def _position_rng(seed: int, position: int) -> np.random.Generator:
+    """The generator of the example at `position` of the global training stream: Philox keyed by
+    `_element_seed(seed)`, counting from the position as grain's random_map does, in a lane of its own."""
+    return np.random.Generator(np.random.Philox(_element_seed(seed), counter=[0, 0, 1, position]))
+
+
+def _finish(ds: grain.MapDataset, *, num_threads: int, prefetch: int, worker_count: int):
+    """The iterator over `ds`, a MapDataset of batches. Batched before to_iter_dataset: each element is a whole
+    batch, so threads and worker processes split work by batch and the order never depends on their number."""
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                    prefetch_buffer_size=prefetch))
     if worker_count > 0:
@@ -279,9 +330,9 @@ def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class _TrainOrder:
-    """The training stream of one process: position p of the stream is example
-    shard[permutation(p // n)[p % n]], the shard being this process's n examples `process_index::process_count`
-    and each epoch's permutation a function of (seed, epoch). Batch j is positions [j b, (j + 1) b)."""
+    """The global training stream and this process's part of it: position p is example permutation(p // n)[p % n],
+    each epoch's permutation of the n examples a function of (seed, epoch). Global batch j is positions
+    [j B, (j + 1) B), B = b x process_count; process i reads its rows [i b, (i + 1) b)."""
 
     num_examples: int
     batch_size: int
@@ -290,33 +341,48 @@ class _TrainOrder:
     process_count: int
 
     @property
-    def per_process(self) -> int:
-        return self.num_examples // self.process_count  # equal shards keep the epochs in step
+    def global_batch(self) -> int:
+        return self.batch_size * self.process_count
+
+    @property
+    def first_row(self) -> int:
+        """This process's first row in a global batch."""
+        return self.process_index * self.batch_size
 
     def num_batches(self, num_epochs: int | None) -> int:
         if num_epochs is None:
-            return 2**62 // self.batch_size  # endless in practice
-        return num_epochs * self.per_process // self.batch_size  # a last partial batch is dropped
+            return 2**62 // self.global_batch  # endless in practice
+        return num_epochs * self.num_examples // self.global_batch  # a last partial batch is dropped
 
-    def indices(self, batch: int) -> np.ndarray:
-        n = self.per_process
-        positions = np.arange(batch * self.batch_size, (batch + 1) * self.batch_size)
+    def positions(self, batch: int) -> np.ndarray:
+        """(b,) the stream positions of this process's rows of global batch `batch`."""
+        start = batch * self.global_batch + self.first_row
+        return np.arange(start, start + self.batch_size)
+
+    def indices(self, positions: np.ndarray) -> np.ndarray:
+        """(b,) the examples at stream `positions`."""
+        n = self.num_examples
         epochs, offsets = np.divmod(positions, n)
-        local = np.empty_like(positions)
+        indices = np.empty_like(positions)
         for epoch in np.unique(epochs):
             rows = epochs == epoch
-            local[rows] = _epoch_permutation(self.seed, int(epoch), n)[offsets[rows]]
-        return self.process_index + local * self.process_count
+            indices[rows] = _epoch_permutation(self.seed, int(epoch), n)[offsets[rows]]
+        return indices
 
 
 @dataclasses.dataclass(frozen=True)
 class _TrainBatch:
-    """batch number, rng -> a training batch {"image" (b, S, S, 3) float32, "label", "mask", "index"}.
+    """global batch number j, its rng -> this process's rows of global batch j
+    {"image" (b, S, S, 3) float32, "label", "mask", "index"}.
 
-    The augmentation of each example is drawn from the batch's rng in stream order, the same numbers on both
-    paths: `batched` crops and resizes the whole batch with two matrix products per image
-    (`transforms.resize_batch`; sources flipped and turned first, the crop box moved with them), otherwise
-    each image goes through PIL (crop + resize, flip, turn). The two agree to within one grey level."""
+    Each example's augmentation (crop box, flip, turn, channel order) comes from one of two rngs. With
+    `image_shape`, the (H, W) of every image, known without reading a record: from the global batch's rng (the
+    same on every process), drawn row after row from row 0 on, the rows of the processes before this one drawn
+    and dropped. Without it (images of varying size): from the example's own `_position_rng`, so that nothing
+    depends on another process's records.
+    `batched` crops and resizes the whole batch with two matrix products per image (`transforms.resize_batch`;
+    sources flipped and turned first, the crop box moved with them), otherwise each image goes through PIL
+    (crop + resize, flip, turn). The two agree to within one grey level."""
 
     source: Any
     order: _TrainOrder
@@ -331,22 +397,38 @@ class _TrainBatch:
     image_key: str
     label_key: str
     batched: bool
+    image_shape: tuple[int, int] | None
+
+    def _draw(self, rng: np.random.Generator, h: int, w: int) -> tuple[transforms.Box, bool, int, np.ndarray]:
+        """One example's augmentation of an h x w image: crop box, flip, quarter turns, channel order (3,)."""
+        box = transforms.sample_crop_box(rng, h, w, self.crop_scale, self.crop_ratio)
+        flip = bool(self.flip and rng.random() < 0.5)
+        k = int(rng.integers(4)) if self.rotate90 else 0
+        perm = rng.permutation(3) if self.permute_channels else np.arange(3)
+        return box, flip, k, perm
 
     def __call__(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        indices = self.order.indices(batch)
+        positions = self.order.positions(batch)
+        indices = self.order.indices(positions)
         records = [self.source[int(i)] for i in indices]
+        sources = [transforms.to_rgb(record[self.image_key]) for record in records]
+        if self.image_shape is not None:
+            first = self.order.first_row
+            draws = [self._draw(rng, *self.image_shape) for _ in range(first + len(records))][first:]
+            for image, index in zip(sources, indices):
+                if image.shape[:2] != self.image_shape:
+                    raise ValueError(f"example {index}: image of {image.shape[:2]}, not the declared "
+                                     f"{self.image_shape}")
+        else:
+            draws = [self._draw(_position_rng(self.order.seed, int(p)), *image.shape[:2])
+                     for p, image in zip(positions, sources)]
         size = (self.image_size, self.image_size)
         images, boxes, perms = [], [], []
-        for record in records:
-            image = transforms.to_rgb(record[self.image_key])
-            h, w = image.shape[:2]
-            box = transforms.sample_crop_box(rng, h, w, self.crop_scale, self.crop_ratio)
-            flip = bool(self.flip and rng.random() < 0.5)
-            k = int(rng.integers(4)) if self.rotate90 else 0
-            perms.append(rng.permutation(3) if self.permute_channels else np.arange(3))
+        for image, (box, flip, k, perm) in zip(sources, draws):
+            perms.append(perm)
             if self.batched:  # views here; one copy when stacked
                 images.append(np.rot90(image[:, ::-1] if flip else image, k=k))
-                boxes.append(transforms.flip_rotate_box(box, h, w, flip, k))
+                boxes.append(transforms.flip_rotate_box(box, *image.shape[:2], flip, k))
             else:
                 image = transforms.resize(image, size, box=box)
                 images.append(np.rot90(transforms.horizontal_flip(image) if flip else image, k=k))
@@ -443,28 +525,24 @@ def make_iterator(source, batch_size: int, image_size: int, *, train: bool, seed
     if train and batch_augment and rotate90 and shape[0] != shape[1]:
         raise ValueError(f"batch_augment with rotate90 needs square images, got {shape[0]}x{shape[1]}")
     if train:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        _check_fills_a_batch(len(source), batch_size, process_count)
         order = _TrainOrder(len(source), batch_size, seed, process_index, process_count)
-        if order.per_process < batch_size:
-            raise ValueError(f"{len(source)} examples over {process_count} processes cannot fill one batch of "
-                             f"{batch_size}")
         one_blas_thread()
         source = _decode_only(source, [image_key, label_key])
         make_batch = _TrainBatch(
             source=source, order=order, image_size=image_size, crop_scale=tuple(crop_scale),
             crop_ratio=tuple(crop_ratio), flip=flip, rotate90=rotate90, permute_channels=permute_channels,
-            mean=mean, std=std, image_key=image_key, label_key=label_key, batched=bool(batch_augment))
-        ds = grain.MapDataset.range(order.num_batches(num_epochs))
-        ds = ds.random_map(make_batch, seed=_element_seed(seed, process_index))
-        return _finish(ds, None, train=True, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
+            mean=mean, std=std, image_key=image_key, label_key=label_key, batched=bool(batch_augment),
+            image_shape=None if shape is None else tuple(shape[:2]))
+        ds = grain.MapDataset.range(order.num_batches(num_epochs))  # global batch numbers
+        ds = ds.random_map(make_batch, seed=_element_seed(seed))
+        return _finish(ds, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
     source = _decode_only(source, [image_key, label_key])
     ds = _index_dataset(len(source), batch_size, train=False, seed=seed, num_epochs=num_epochs,
                         process_index=process_index, process_count=process_count)
     ds = ds.map(_EvalExample(source=source, image_size=image_size, eval_crop_fraction=eval_crop_fraction,
                              mean=mean, std=std, image_key=image_key, label_key=label_key))
-    return _finish(ds, batch_size, train=False, num_threads=num_threads, prefetch=prefetch,
-                   worker_count=worker_count)
+    return _finish(ds.batch(batch_size), num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
 
 
 # ----------------------------------------------------------------------------- instances (SAM)
@@ -548,10 +626,8 @@ def make_instance_iterator(source, batch_size: int, image_size: int, max_masks: 
     process_index, process_count = _process(process_index, process_count)
     keys = ["image", "objects"] + (["label"] if "label" in features else [])
     source = _decode_only(source, keys)
-    ds = _index_dataset(len(source), batch_size, train=train, seed=seed, num_epochs=num_epochs,
-                        process_index=process_index, process_count=process_count)
     example = _InstanceExample(source=source, image_size=image_size, max_masks=max_masks,
                                train=train, flip=flip)
-    ds = ds.random_map(example, seed=_element_seed(seed, process_index))
-    return _finish(ds, batch_size, train=train, num_threads=num_threads, prefetch=prefetch,
-                   worker_count=worker_count)
+    ds = _example_batches(len(source), batch_size, example, train=train, seed=seed, num_epochs=num_epochs,
+                          process_index=process_index, process_count=process_count)
+    return _finish(ds, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
