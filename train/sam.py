@@ -43,18 +43,17 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from train import launch, loop
+from vitsam.models import registry
 from vitsam.checkpoint import model_spec, write_model_spec
 from vitsam.data import prompts
 from vitsam.losses import mask_iou, segmentation_loss
 from vitsam.models import Sam, sam_init, sam_variant
-from vitsam.models.sam.processing import PIXEL_MEAN, PIXEL_STD
+from vitsam.models.sam import processing
 
 _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sam_shapes.py"
 _CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "training recipe (a configs/*.py file)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics.jsonl go", required=True)
 
-# Fields that change how a model trains, not its parameters: a fine-tuning config may set them.
-TRAINING_FIELDS = ("drop_path", "dtype", "remat", "attention_impl", "attention_query_rows")
 FORMATS = ("tfds", "sa1b", "coco")
 
 
@@ -76,7 +75,7 @@ def build_model(cfg) -> tuple[Sam, dict | None]:
     model, variables, kind = load_model(cfg.init_from)
     if kind != "sam":
         raise ValueError(f"init_from={cfg.init_from} holds a {kind} model, not a SAM")
-    model = model.clone(**{k: v for k, v in overrides.items() if k in TRAINING_FIELDS})
+    model = model.clone(**{k: v for k, v in overrides.items() if k in registry.get("sam").training_fields})
     return model, jax.device_get(dict(variables))
 
 
@@ -249,12 +248,8 @@ class SamTask:
         s, grid = self.frame, self.grid
         if sd != s:
             images = jax.image.resize(images, (b, s, s, 3), "linear")
-        x = (images - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
-        if "input_size" in batch:  # zero the padding after normalizing, as SAM's preprocessing does
-            hw = batch["input_size"].astype(jnp.float32) * (s / sd)
-            inside = ((jnp.arange(s)[None, :, None] < hw[:, 0, None, None])
-                      & (jnp.arange(s)[None, None, :] < hw[:, 1, None, None]))
-            x = jnp.where(inside[..., None], x, 0.0)
+        input_sizes = batch["input_size"] * (s / sd) if "input_size" in batch else None
+        x = processing.normalize_frames(images, input_sizes)
         masks = batch["masks"]
         m = masks.shape[1]
         if masks.shape[-1] != grid:  # area-weighted resize to the low-res grid, then majority

@@ -21,6 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from train import launch, loop
+from vitsam.models import registry
 from vitsam.checkpoint import model_spec, write_model_spec
 from vitsam.models import vit_variant
 
@@ -30,8 +31,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics.j
 
 
 
-# Fields that change how a model trains, not its parameters: a fine-tuning config may set them.
-TRAINING_FIELDS = ("dropout", "drop_path", "dtype", "remat", "attention_impl")
 
 
 def build_model(cfg, num_classes: int):
@@ -44,7 +43,7 @@ def build_model(cfg, num_classes: int):
     from vitsam.convert import load_vit_checkpoint
 
     model, variables = load_vit_checkpoint(cfg.init_from, image_size=cfg.data.image_size, num_classes=num_classes)
-    model = model.clone(**{k: v for k, v in overrides.items() if k in TRAINING_FIELDS})
+    model = model.clone(**{k: v for k, v in overrides.items() if k in registry.get("vit").training_fields})
     return model, variables["params"]
 
 

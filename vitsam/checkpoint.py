@@ -107,7 +107,7 @@ def load_trained(workdir, *, step: int | None = None):
     """(model, variables, spec) from a trainer's workdir: the newest readable checkpoint (or `step`)."""
     import json
 
-    from vitsam import models
+    from vitsam.models import registry
 
     workdir = Path(workdir)
     spec_path = workdir / MODEL_SPEC
@@ -117,10 +117,11 @@ def load_trained(workdir, *, step: int | None = None):
     fields = {k: (jax.numpy.dtype(v["dtype"]) if isinstance(v, dict) and "dtype" in v
                   else tuple(v) if isinstance(v, list) else v)
               for k, v in spec["fields"].items()}
-    builders = {"vit": models.VisionTransformer, "sam": getattr(models, "Sam", None)}
-    if builders.get(spec["kind"]) is None:
-        raise ValueError(f"unknown model kind {spec['kind']!r} in {spec_path}")
-    model = builders[spec["kind"]](**fields)
+    try:
+        kind = registry.get(spec["kind"])
+    except ValueError as e:
+        raise ValueError(f"{spec_path}: {e}") from None
+    model = kind.module(**fields)
     ckpt = Checkpointer(workdir / "checkpoints", every=1, async_save=False)
     steps = sorted(ckpt.manager.all_steps(), reverse=True) if step is None else [step]
     if not steps:

@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 
 from vitsam import checkpoint
+from vitsam.models import registry
 
 
 def export(model, variables: dict, dst, *, kind: str, **extra) -> Path:
@@ -31,21 +32,12 @@ def export(model, variables: dict, dst, *, kind: str, **extra) -> Path:
     return dst
 
 
-def _is_sam_pth(path: Path) -> bool:
-    import torch
-
-    state = torch.load(path, map_location="meta", weights_only=True)
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    return any(str(k).startswith("image_encoder.") for k in state)
-
-
 def load_model(path, **overrides):
     """(model, variables, kind) from any weights vitsam reads.
 
     A folder: a converted checkpoint or a trainer's workdir (its newest readable checkpoint).
-    A file: official SAM .pth, vit_jax / big_vision .npz, timm .pth / .safetensors.
+    A file: an official checkpoint of a kind in `vitsam.models.registry` (SAM .pth, vit_jax / big_vision .npz,
+    timm .pth / .safetensors).
     `overrides` go to the importers (e.g. `image_size=`, `num_classes=` for ViT files).
     """
     path = Path(path).expanduser()
@@ -54,14 +46,8 @@ def load_model(path, **overrides):
         return model, variables, spec["kind"]
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    from vitsam.convert.sam import load_sam_checkpoint
-    from vitsam.convert.vit import load_vit_checkpoint
-
-    if path.suffix == ".pth" and _is_sam_pth(path):
-        return (*load_sam_checkpoint(path, **overrides), "sam")
-    if path.suffix in (".pth", ".pt", ".bin", ".npz", ".safetensors"):
-        return (*load_vit_checkpoint(path, **overrides), "vit")
-    raise ValueError(f"unrecognised checkpoint {path}: expected a folder, .pth, .npz or .safetensors")
+    kind = registry.kind_of_file(path)
+    return (*kind.load_official(path, **overrides), kind.name)
 
 
 def convert(src, dst, **overrides) -> tuple[Path, dict]:

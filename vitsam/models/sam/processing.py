@@ -92,6 +92,20 @@ def normalize_and_pad(image: jnp.ndarray, image_size: int) -> jnp.ndarray:
     return jnp.pad(x, ((0, image_size - h), (0, image_size - w), (0, 0)))
 
 
+def normalize_frames(frames: jnp.ndarray, input_sizes: jnp.ndarray | None = None) -> jnp.ndarray:
+    """A batch of model-size frames (B, S, S, 3), values 0…255, each image resized into the top-left
+    `input_sizes` (B, 2) (height, width) and padded -> (B, S, S, 3) float32 normalised, zeros outside each
+    image (the padding is zero after normalising, as in `normalize_and_pad`). input_sizes None: the whole frame."""
+    x = (frames.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN, jnp.float32)) / jnp.asarray(PIXEL_STD, jnp.float32)
+    if input_sizes is None:
+        return x
+    s_h, s_w = frames.shape[1:3]
+    hw = input_sizes.astype(jnp.float32)
+    inside = ((jnp.arange(s_h)[None, :, None] < hw[:, 0, None, None])
+              & (jnp.arange(s_w)[None, None, :] < hw[:, 1, None, None]))
+    return jnp.where(inside[..., None], x, 0.0)
+
+
 def preprocess(image: jnp.ndarray, image_size: int) -> jnp.ndarray:
     """uint8 RGB image (H, W, 3) -> model input (S, S, 3) float32, S = `image_size` (the resized part is
     the top-left `resized_shape(H, W, S)`)."""
