@@ -1,50 +1,16 @@
-"""The default SAM recipe: the tiny SAM trained from scratch on the embedded shapes dataset, offline, on CPU.
+"""The tiny SAM (64-px input, 4-px patches) trained from scratch on the embedded shapes dataset's instance masks
+and class names, offline: the default recipe of `train.sam`.
 
 Run:      python -m train.sam --workdir /tmp/sam_shapes
 Then:     vitsam segment examples/sam_shapes.png --checkpoint /tmp/sam_shapes --box 66,104,215,251 --out masks/
-Time:     13 min 36 s wall on the 2-core CPU, otherwise idle (2026-12-02, jax 0.10.2; `time python -m train.sam
-          --workdir DIR --config.total_steps=3200`, i.e. with one more eval at step 2,500 than this recipe runs;
-          the dataset already prepared: preparing it the first time takes ~50 s more): 3,200 steps at ~4.1 steps/s
-          (~215 ms a step: 8 images, 3 masks each, 2 rounds + a text prompt), compile ~45 s, each eval ~50 s.
-Result:   eval on test[:500] (every mask of each image, up to 4; mIoU over masks at the 64x64 mask resolution):
-          1 box 0.814 · 1 point 0.786 · after 5 clicks 0.778 · text 0.455 (at step 2,500 of the same run: box
-          0.809, point 0.777, 5 clicks 0.771). Before the decoder's upscaling became one matmul (`Upsample2x`) a
-          step took ~260 ms and the recipe was 2,500 steps: box 0.810 in 13 min 21 s.
-          By mask size (box prompts, the first 300 test images, the step-3000 checkpoint of the 4,000-step run
-          below): main shapes over 300 px 0.956, distractors under 60 px 0.688; the small shapes bound the mean.
-          On a faster 2-core machine (a later session, the same commit's recipe, the machine busy so no time):
-          box 0.830 · point 0.795 · 5 clicks 0.780 · text 0.458; README's picture is that checkpoint.
-Known:    two weaknesses, measured on that checkpoint (`--config.init_from=DIR --config.eval_only=True` gives the
-          per-click curve; the rest came from throwaway scripts on the same eval split):
-          - Text: the text prompt is trained on the first mask slot, which vitsam_shapes fills with the main
-            shape, and the model answers every class name with the main shape: text mIoU 0.945 on main shapes,
-            0.013 on distractors (whose answer has IoU 0.929 with the main shape).
-          - Clicks: mIoU after 1 … 5 clicks 0.795 · 0.794 · 0.789 · 0.785 · 0.780 (from a box: 0.830 … 0.825).
-            Clicks fix gross errors (the masks under 0.3 IoU after the first click: 0.11 → 0.38 → 0.48 → 0.51,
-            first 200 test images) but what is left after one prompt is mostly a 1-px band around the small
-            distractors (radius 4–6 px; median 6 missed and 11 spilled pixels of a 50-px shape), and the model
-            cannot place a click that precisely: the clicked pixel is right after the click in 24% of the cases
-            (30% for a uniformly drawn error pixel). The prompt encoder's Fourier features (`pe_scale` 1, as in
-            SAM) have a kernel half-width of ~0.09 of the frame, 6 px here, so a click on such a band shifts a
-            stretch of boundary rather than one pixel.
-Tried (same command with overrides, all on this CPU):
-          4,000 steps (the old ~260 ms step): box 0.833, point 0.812, 5 clicks 0.808 (22 min, with other work on
-          the machine);
-          box_prob 0.5, 1 round, no text, 4,000 steps: box 0.789, 5 clicks 0.352 (never trained to refine);
-          box_prob 0.5, 3 rounds, 4,000 steps: box 0.787, 5 clicks 0.766 (19 min);
-          text on a random unique-class mask instead of the first: box 0.799, the text still ignored;
-          text on a random unique-class mask and answered by the single-mask output 0 (so that the three
-          candidates cannot cover three shapes): text 0.228, box 0.774 against 0.458 / 0.830 for this recipe on
-          the same machine; the text is learnt (training text mIoU 0.03 at step 850, 0.35 at 2,450) but too
-          slowly for this budget, and its loss pulls the box mIoU down;
-          num_rounds 4 (3 refinement rounds for one mask per image), 3,200 steps: box 0.786, point 0.753,
-          5 clicks 0.758 (10 min 48 s on the faster machine, against 0.830 / 0.795 / 0.780 with 2 rounds);
-          sim.refine_per_image 0 (the refinement round for every mask, 3× its sessions): box 0.804, point 0.782,
-          clicks 2 … 5 0.784 · 0.782 · 0.779 · 0.774, 14 min 54 s (tests ran beside it for 3 min; ~2× per step);
-          model.pe_scale 2 (a click localised to ~3 px): learns far more slowly (training mIoU of the first
-          prompt 0.51 at step 1,400 against 0.77), stopped;
-          text on every unique-class mask of each image (sim.text_per_image 3), answered by the single-mask
-          output 0: text 0.267, box 0.806, point 0.662, 10 min 53 s — text still slow to learn, point worse.
+Hardware: a 2-core CPU, no accelerator.
+Time:     13 min 36 s for 3,200 steps (~215 ms a step, compile ~45 s, each eval ~50 s; 2026-12-02, jax 0.10.2, the
+          CPU otherwise idle, the dataset already prepared: ~50 s more the first time; the timed run also evaluated
+          at step 2,500, which this recipe does not).
+Result:   mIoU on test[:500] (every mask of each image, up to 4; at the 64x64 mask resolution), measured 2026-12-02:
+          1 box 0.814 · 1 point 0.786 · after 5 clicks 0.778 · text 0.455.
+Limits:   text prompts answer every class name with the image's main shape, and clicks after the first do not raise
+          the mIoU; docs/experiments.md has the measurements and what was tried against them.
 """
 
 import ml_collections

@@ -14,37 +14,55 @@ Expected: about 76% top-1 on the validation split. The ViT paper's ImageNet-only
 
 import ml_collections
 
-from configs import vit_shapes
-
 
 def get_config():
-    c = vit_shapes.get_config()
-    c.batch_size = 4096
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 4096         # global, over every device of every process
     c.total_steps = 28_000
     c.log_every = 100
     c.eval_every = 2_000
     c.checkpoint_every = 1_000
+    c.keep_checkpoints = 3
+    c.init_from = ""
 
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    c.sharding_rules = ((".*", "fsdp"),)
+    c.sharding_min_size = 2**14
+
+    c.data = ml_collections.ConfigDict()
     c.data.name = "imagenet2012"
+    c.data.data_dir = ml_collections.config_dict.placeholder(str)
     c.data.train_split = "train"
     c.data.eval_split = "validation"
     c.data.image_size = 224
     c.data.crop_scale_min = 0.08
-    c.data.rotate90 = False            # a random multiple of 90°: only for orientation-free labels
-    c.data.permute_channels = False    # a random RGB order: only for colour-free labels
+    c.data.rotate90 = False
+    c.data.permute_channels = False
     c.data.eval_crop_fraction = 0.875
     c.data.cache_in_memory = False
     c.data.num_threads = 16
     c.data.worker_count = 32
 
-    c.model = ml_collections.ConfigDict(dict(
-        variant="B/16", patch_size=16, width=768, depth=12, mlp_dim=3072, num_heads=12, pool="tok", posemb="learn",
-        dropout=0.0, drop_path=0.1, dtype="bfloat16", scan=False, remat=False, attention_impl="auto"))
+    # The variant sets width, depth, MLP size, heads and patch; the class token and learned positions are
+    # the model's defaults (pool "tok", posemb "learn").
+    c.model = ml_collections.ConfigDict()
+    c.model.variant = "B/16"
+    c.model.dropout = 0.0
+    c.model.drop_path = 0.1
+    c.model.dtype = "bfloat16"
+    c.model.scan = False
+    c.model.remat = False
+    c.model.attention_impl = "auto"
 
+    c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3
     c.optim.end_lr = 1e-5
     c.optim.warmup_steps = 10_000
     c.optim.weight_decay = 0.1
+    c.optim.b1 = 0.9
     c.optim.b2 = 0.95
+    c.optim.clip_norm = 1.0
     c.optim.label_smoothing = 0.1
+    c.optim.grad_accum_steps = 1
     return c

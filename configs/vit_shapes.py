@@ -1,25 +1,12 @@
-"""The default recipe: a small ViT (4 blocks, D = 128, 16-px patches, average pooling, 2-D sincos positions)
-on the embedded procedural shapes dataset (6 classes, 64 px), offline, on CPU.
+"""A small ViT (4 blocks, D = 128, 16-px patches, average pooling, 2-D sincos positions) on the embedded
+procedural shapes dataset (6 classes, 64 px), offline: the default recipe of `train.vit`.
 
 Run:      python -m train.vit --workdir /tmp/vit_shapes
-Measured: 91.1% top-1 on the test split (1,000 images) after 3,700 steps, 5 min 21 s wall time for the whole
-          command on the otherwise idle 2-core CPU (2026-12-02, AMD EPYC, jax 0.10.2; ~1,580 images/s median;
-          `metrics.jsonl` gave 0.428 / 0.605 / 0.724 / 0.810 / 0.871 / 0.900 / 0.912 at steps 500 ... 3500; train
-          accuracy 92.5% at the end). The dataset already prepared: preparing it the first time takes ~25 s more.
-          The 2-core machines differ: on the slower one of the session before (~835 images/s), with the
-          previous per-example input pipeline, 3,900 steps reached 90.4% in 10 min 24 s and 3,600 steps 90.2%
-          in 9 min 30 s.
-What got it from 79.7% (3,000 steps, 8 min 25 s, crop + flip + 90° turns + channel orders) to here:
-          a crop scale of 0.85 to 1 instead of 0.6 to 1 (a tight crop cuts the shapes; +4.7 points at 1,000
-          steps); the patch embedding as patchify + one matmul (`patch_formulation="dense"`, the same params;
-          11% faster steps on CPU); tanh GELU (~10% faster); the training batch cropped, resized, flipped and
-          turned as two matrix products per batch on one BLAS thread (`transforms.resize_batch`: half the host
-          time per batch) so that 3,700 steps fit.
-Tried and worse at equal steps or time: 8-px patches (slower steps; 58% at step 750), width 64, batch 64 (the
-          same accuracy per image, 2x the steps), lr 2e-3 / 3e-3, a convolutional stem (53.7% at step 1,000), an
-          hMLP stem (54.5% at step 1,000 and 15% fewer images/s), token labeling (a per-patch loss on the shape
-          masks: +1.5 points at 1,000 steps but 16% slower steps), bf16 compute (slower on this CPU), two host
-          devices or a prefetch thread (no gain on 2 cores).
+Hardware: a 2-core CPU (AMD EPYC), no accelerator.
+Time:     5 min 21 s for the whole command, 3,700 steps at ~1,580 images/s (2026-12-02, jax 0.10.2, the CPU
+          otherwise idle, the dataset already prepared: preparing it the first time takes ~25 s more).
+Result:   91.1% top-1 on the test split (1,000 images), measured 2026-12-02.
+The curve, how the recipe got there and what was tried: docs/experiments.md.
 """
 
 import ml_collections

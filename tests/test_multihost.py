@@ -52,7 +52,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(trainer, workdir, args, *, processes=1, devices=8, timeout_s=60):
+def start(trainer, workdir, args, *, processes=1, devices=8, timeout_s=300):
     """Start the trainer as `processes` processes of `devices` CPU devices each; returns the Popen list."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "-m", f"train.{trainer}", f"--workdir={workdir}", *args]
@@ -88,7 +88,8 @@ def kill_after_checkpoint(procs, workdir, step):
     target = Path(workdir) / "checkpoints" / str(step)
     deadline = time.time() + 300
     while not target.exists():
-        assert all(p.poll() is None for p in procs), "a process ended before it could be killed"
+        ended = [p for p in procs if p.poll() is not None]
+        assert not ended, "a process ended before it could be killed: " + ended[0].communicate()[1][-3000:]
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.05)
     for p in procs:
@@ -141,7 +142,7 @@ def test_killed_run_resumes_exactly_on_another_topology(tmp_path, data_dir, vit_
 
 def test_a_dead_process_stops_the_other_and_the_same_command_resumes(tmp_path, data_dir):
     args = [*VIT, *FSDP, f"--config.data.data_dir={data_dir}", "--config.total_steps=100000"]
-    procs = start("vit", tmp_path, args, processes=2, devices=4, timeout_s=10)
+    procs = start("vit", tmp_path, args, processes=2, devices=4, timeout_s=20)
     target = tmp_path / "checkpoints" / "4"
     deadline = time.time() + 300
     while not target.exists():
@@ -152,7 +153,7 @@ def test_a_dead_process_stops_the_other_and_the_same_command_resumes(tmp_path, d
     _, err = procs[0].communicate(timeout=120)
     waited = time.time() - killed_at
     assert procs[0].returncode != 0
-    assert waited < 60, f"the survivor took {waited:.0f} s to stop"
+    assert waited < 90, f"the survivor took {waited:.0f} s to stop"
     assert "another task died" in err or "unhealthy" in err or "heartbeat" in err.lower(), err[-2000:]
     procs[1].communicate()
 

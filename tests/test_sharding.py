@@ -264,3 +264,31 @@ def test_compile_only_plan_for_eight_cpu_devices(tmp_path):
     forward = bench.vit_flops(model, 16)
     assert 2.5 * forward < plan["flops_per_step"] <= 3 * forward
     assert "params / device" in result.stdout and "fits" in result.stdout
+
+
+@pytest.mark.parametrize("env, launcher", [({"SLURM_NTASKS": "4"}, "SLURM"), ({"OMPI_COMM_WORLD_SIZE": "2"}, "Open MPI"),
+                                           ({"SLURM_NTASKS": "1"}, None), ({}, None)])
+def test_launchers_of_several_processes_are_detected(monkeypatch, env, launcher):
+    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert parallel.detect_cluster() == launcher
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(coordinator_address="127.0.0.1:1234"), "go together"),
+    (dict(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=2), "--process_id 2 must be in 0 … 1"),
+])
+def test_incomplete_or_wrong_process_flags_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError) as e:
+        parallel.initialize_distributed(**kwargs)
+    assert message in str(e.value)
+
+
+def test_a_lone_process_does_not_initialise_the_distributed_runtime(monkeypatch):
+    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert parallel.initialize_distributed() is False
+    assert parallel.initialize_distributed("127.0.0.1:1234", 1, 0) is False
+    assert jax.process_count() == 1

@@ -57,6 +57,8 @@ def test_one_and_eight_devices_give_the_same_losses(tmp_path, data_dir):
     (["--config.data.name=no_such_dataset"], "no_such_dataset"),
     (["--config.data.train_split=nope"], "nope"),
     (["--config.model.variant=Q/7"], "unknown ViT variant"),
+    (["--config.mesh.data=3", "--config.mesh.fsdp=2"], "the axis sizes multiply to 6, but there are 8 devices"),
+    (["--config.sharding_rules=(('.*', (None, 'model')),)"], "names mesh axis 'model'"),
 ])
 def test_config_errors_are_clear_and_happen_before_any_compute(tmp_path, data_dir, args, message):
     result = train(tmp_path / "w", *TINY, f"--config.data.data_dir={data_dir}", *args, devices=8, timeout=300)

@@ -23,8 +23,8 @@ COORDINATOR = flags.DEFINE_string(
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "how many processes the run has (with --coordinator_address)")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index, 0 … num_processes − 1")
 TIMEOUT = flags.DEFINE_integer(
-    "distributed_timeout", 300, "seconds to wait for every process at start-up, and for a silent (dead) process "
-    "before the others stop with an error instead of hanging")
+    "distributed_timeout", 300, "seconds a silent (dead) process goes unnoticed before the others stop with an "
+    "error instead of hanging; the start-up wait for every process to join is this or 5 minutes, the longer")
 COMPILE_FOR = flags.DEFINE_string(
     "compile_for", None, "compile the train step for this target without running it (tpu:v5e:16x16, "
     "tpu:v4:2x2x4, tpu:v5p:2x2x2, cpu:8) and write WORKDIR/compile_plan.json; needs no data or weights")
@@ -56,7 +56,7 @@ def command_main(program: str, train: Callable, plan_task: Callable, config_flag
                 plan.compile_plan(cfg, workdir, COMPILE_FOR.value, plan_task, model_fields=fields)
                 return
             parallel.initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
-                                            timeout_s=TIMEOUT.value, heartbeat_timeout_s=TIMEOUT.value)
+                                            timeout_s=max(TIMEOUT.value, 300), heartbeat_timeout_s=TIMEOUT.value)
             result = train(cfg, workdir)
         except (ValueError, FileNotFoundError, loop.NonFiniteLossError) as e:
             raise SystemExit(f"{program}: error: {e}") from None

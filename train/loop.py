@@ -226,6 +226,14 @@ def param_shardings(cfg, mesh, params):
     return sharding.named(mesh, sharding.param_specs(params, sharding_rules(cfg), mesh, min_size))
 
 
+def check_parallel_config(cfg) -> None:
+    """The mesh, the rules' axes and the batch split checked against the devices: cheap, for a trainer to call
+    before it reads any data (rules that do not fit a parameter are found by `setup`, from the shapes)."""
+    mesh = make_mesh(cfg)
+    sharding.check_rules(sharding_rules(cfg), mesh.axis_names)
+    parallel.check_global_batch(cfg.batch_size, mesh)
+
+
 @dataclasses.dataclass
 class Setup:
     """What a training run and a compile-only plan share: the mesh, the optimizer, where every array of the

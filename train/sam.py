@@ -423,6 +423,7 @@ def train(cfg, workdir) -> dict:
     """Validate everything cheap first (workdir, config, data, model), then train."""
     workdir = loop.prepare_workdir(workdir)
     _check_config(cfg)
+    loop.check_parallel_config(cfg)
     train_source, eval_source, class_names = open_sources(cfg)
     model, initial_variables = build_model(cfg)
     train_source, eval_source = cache_sources(cfg, train_source, eval_source)

@@ -96,6 +96,7 @@ def train(cfg, workdir) -> dict:
     from vitsam.data import pipeline
 
     workdir = loop.prepare_workdir(workdir)
+    loop.check_parallel_config(cfg)
     d = cfg.data
     train_source = pipeline.open_source(name=d.name, split=d.train_split, data_dir=d.data_dir)
     eval_source = pipeline.open_source(name=d.name, split=d.eval_split, data_dir=d.data_dir)
