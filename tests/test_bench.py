@@ -1,4 +1,4 @@
-"""The benchmark harness: FLOP formulas (against DESIGN.md's figures, the programs' own matmuls and XLA's cost
+"""The benchmark harness: FLOP formulas (against docs/design.md's figures, the programs' own matmuls and XLA's cost
 analysis), MFU arithmetic, well-formed records from end-to-end runs on tiny models, the `vitsam bench` command;
 the PyTorch peers (parity marker) and the GPU paths (gpu marker)."""
 
@@ -26,7 +26,7 @@ SMALL_VIT = dict(image_size=32, patch_size=8, width=128, depth=2, mlp_dim=512, n
 
 @pytest.mark.parametrize("variant, gflop", [("B/16", 35), ("L/16", 123), ("H/14", 335)])
 def test_vit_forward_flops_match_the_design_figures(variant, gflop):
-    # DESIGN.md: forward FLOPs (2 × MACs) at 224 px, per image.
+    # docs/design.md: forward FLOPs (2 × MACs) at 224 px, per image.
     assert bench.vit_flops(vit_variant(variant)) / 1e9 == pytest.approx(gflop, rel=0.01)
 
 
@@ -146,7 +146,7 @@ def test_records_are_well_formed(records):
         assert r["tflops_per_s"] * 1e12 * r["step_s"] == pytest.approx(r["flops"])
         assert r["mfu"] == pytest.approx(r["tflops_per_s"] / 50.0)
         assert r["device"] == jax.devices()[0].device_kind
-        json.dumps(bench._jsonable(r))
+        json.dumps(bench.jsonable(r))
     assert (fwd["mode"], fwd["impl"], fwd["unit"]) == ("forward", "vitsam/einsum", "images")
     assert (train["mode"], train["dtype"], train["kernel"]) == ("train", "bfloat16", "xla")
     assert dec["unit"] == "prompts" and dec["batch"] == 3
@@ -233,6 +233,29 @@ def test_bad_requests_are_clear_errors(capsys):
     assert "unknown ViT variant" in capsys.readouterr().err
 
 
+def test_only_torch_peers_imports_torch_and_only_inside_its_functions():
+    # So that `import vitsam.bench` works without the [parity] extra (checked on the source: here torch may
+    # be installed, or imported already by another test).
+    import ast
+    from pathlib import Path
+
+    def torch_imports(nodes):
+        roots = set()
+        for node in nodes:
+            for n in ast.walk(node):
+                if isinstance(n, ast.Import):
+                    roots |= {a.name.split(".")[0] for a in n.names}
+                elif isinstance(n, ast.ImportFrom) and n.module:
+                    roots.add(n.module.split(".")[0])
+        return roots & {"torch", "timm", "segment_anything"}
+
+    for path in Path(bench.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        top_level = [n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        assert not torch_imports(top_level), path.name
+        assert bool(torch_imports(tree.body)) == (path.name == "torch_peers.py"), path.name
+
+
 # --- PyTorch peers (pytest -m parity) ---------------------------------------------------------------------
 
 
@@ -255,7 +278,7 @@ def test_sdpa_attention_peer_equals_the_official_attention():
     torch = pytest.importorskip("torch")
     pytest.importorskip("segment_anything")
     torch.manual_seed(0)
-    encoder = bench._official_sam("tiny").image_encoder.eval()
+    encoder = bench.official_sam("tiny").image_encoder
     with torch.no_grad():
         for name, p in encoder.named_parameters():
             if "rel_pos" in name:

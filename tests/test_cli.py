@@ -1,6 +1,11 @@
-"""The `vitsam` command: figures, classify with random and exported weights, convert, clear errors."""
+"""The `vitsam` command: figures, classify with random and exported weights, convert, clear errors, a fast
+`--help`."""
 
 import json
+import subprocess
+import sys
+import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -59,3 +64,31 @@ def test_bad_inputs_are_one_line_errors(tmp_path, image_path, capsys):
     assert "no checkpoint at" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no such image"):
         cli.main(["classify", str(tmp_path / "nope.png")])
+
+
+def test_help_and_argument_errors_are_fast_and_import_no_jax():
+    # A fresh interpreter: the parser, --help and argparse's errors must not import JAX or the models (each
+    # command imports what it runs). One JSON line per command line, then the heavy modules that were loaded.
+    script = textwrap.dedent("""
+        import contextlib, io, json, sys
+        from vitsam import cli
+        for argv in (["--help"], ["bench", "--help"], ["bench", "--batch", "1,x"], ["segment"]):
+            with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+                try:
+                    cli.main(argv)
+                except SystemExit as e:
+                    code = e.code
+            print(json.dumps(dict(code=code, out=out.getvalue(), err=err.getvalue())))
+        print(json.dumps(sorted({"jax", "numpy", "flax", "PIL", "vitsam.models", "vitsam.nn"} & set(sys.modules))))
+    """)
+    t0 = time.perf_counter()
+    lines = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    seconds = time.perf_counter() - t0
+    *runs, heavy = map(json.loads, lines.splitlines())
+    help_, bench_help, bad_batch, no_image = runs
+    assert help_["code"] == 0 and "segment" in help_["out"] and "bench" in help_["out"]
+    assert bench_help["code"] == 0 and "--kernel" in bench_help["out"]
+    assert bad_batch["code"] == 2 and "invalid comma-separated int value: '1,x'" in bad_batch["err"]
+    assert no_image["code"] == 2 and "required: image" in no_image["err"]
+    assert heavy == []
+    assert seconds < 2, seconds

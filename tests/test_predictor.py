@@ -387,23 +387,11 @@ def test_predictor_matches_the_official_sam_predictor():
     """Same weights, image and prompts through segment-anything's SamPredictor and ours."""
     torch = pytest.importorskip("torch")
     sa = pytest.importorskip("segment_anything")
-    from functools import partial
-
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
-
+    from vitsam.bench.torch_peers import official_sam
     from vitsam.convert import sam_state_dict_to_variables
 
     torch.manual_seed(0)
-    official = sa.modeling.Sam(
-        image_encoder=ImageEncoderViT(depth=2, embed_dim=64, img_size=256, mlp_ratio=4, num_heads=2, patch_size=16,
-                                      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), qkv_bias=True,
-                                      use_rel_pos=True, global_attn_indexes=(1,), window_size=6, out_chans=64),
-        prompt_encoder=PromptEncoder(embed_dim=64, image_embedding_size=(16, 16), input_image_size=(256, 256),
-                                     mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
-            depth=2, embedding_dim=64, mlp_dim=256, num_heads=4), transformer_dim=64, iou_head_depth=3,
-            iou_head_hidden_dim=64),
-    ).eval()
+    official = official_sam("tiny")  # segment-anything's classes at vitsam's "tiny" sizes
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # every tensor random (the default init has zero tables and tiny logits)
         for name, t in official.named_parameters():

@@ -8,7 +8,6 @@ The full vit_b comparison takes about 3 minutes on 2 shared CPU cores (much of i
 from __future__ import annotations
 
 import time
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -20,16 +19,16 @@ pytestmark = pytest.mark.parity
 segment_anything = pytest.importorskip("segment_anything")
 torch = pytest.importorskip("torch")
 
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer  # noqa: E402
-from segment_anything.modeling import Sam as TorchSam  # noqa: E402
 from segment_anything.modeling.image_encoder import get_rel_pos  # noqa: E402
 
+from vitsam.bench.torch_peers import official_sam  # noqa: E402
 from vitsam.convert import infer_sam_config, load_sam_checkpoint, sam_state_dict_to_variables  # noqa: E402
 from vitsam.models import sam_init, sam_variant  # noqa: E402
 from vitsam.models.sam.image_encoder import relative_position_table  # noqa: E402
 
-BUILDERS = {"vit_b": segment_anything.build_sam_vit_b, "vit_l": segment_anything.build_sam_vit_l,
-            "vit_h": segment_anything.build_sam_vit_h}
+# An official SAM of a non-standard size (fast on CPU; exercises variant inference and window padding 16 -> 18):
+# vit_b's prompt encoder and decoder behind a 256-px, 3-block encoder.
+SMALL = dict(image_size=256, encoder_dim=64, encoder_depth=3, encoder_heads=2, global_attn_indexes=(1,), window_size=6)
 MAX_REL_ERR = 1e-4
 
 
@@ -61,22 +60,6 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> None:
                 t.copy_(r)  # embeddings: torch's N(0, 1)
             else:
                 t.copy_(r / np.sqrt(np.prod(t.shape[1:])))
-
-
-def build_small_official(image_size=256, dim=64, depth=3, heads=2, global_idx=(1,), window=6):
-    """An official SAM of a non-standard size (fast on CPU; exercises variant inference and window padding)."""
-    grid = image_size // 16
-    return TorchSam(
-        image_encoder=ImageEncoderViT(
-            depth=depth, embed_dim=dim, img_size=image_size, mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=heads, patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=global_idx,
-            window_size=window, out_chans=256),
-        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(grid, grid),
-                                     input_image_size=(image_size, image_size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
-            depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8), transformer_dim=256, iou_head_depth=3,
-            iou_head_hidden_dim=256),
-    ).eval()
 
 
 def prompt_cases(size: int, n: int = 2, seed: int = 0):
@@ -139,7 +122,7 @@ def test_vit_b_parity(tmp_path):
     """Official vit_b, every tensor random, saved as .pth, imported with load_sam_checkpoint, compared in fp32."""
     start = time.time()
     torch.manual_seed(0)
-    official = segment_anything.build_sam_vit_b().eval()
+    official = official_sam("vit_b")
     randomize_(official)
     path = tmp_path / "sam_vit_b.pth"
     torch.save(official.state_dict(), path)
@@ -155,7 +138,7 @@ def test_small_config_parity_and_conv_transpose_layout():
     """A non-standard official config (256 px, 3 blocks, window 6 padding 16→18): inferred and matched.
     Also shows the test's power: without the spatial flip of the ConvTranspose kernels the logits disagree."""
     torch.manual_seed(0)
-    official = build_small_official()
+    official = official_sam("vit_b", **SMALL)
     randomize_(official, seed=1)
     state = {k: v.numpy() for k, v in official.state_dict().items()}
     model, variables = sam_state_dict_to_variables(state)
@@ -174,7 +157,7 @@ def test_small_config_parity_and_conv_transpose_layout():
 
 
 def test_unexpected_keys_are_listed():
-    official = build_small_official(depth=2)
+    official = official_sam("vit_b", **dict(SMALL, encoder_depth=2))
     state = {k: v.numpy() for k, v in official.state_dict().items()}
     state["mask_decoder.extra_head.weight"] = np.zeros((3, 3), np.float32)
     with pytest.raises(ValueError, match="mask_decoder.extra_head.weight"):
@@ -193,7 +176,7 @@ def test_relative_tables_match_official_get_rel_pos(table_len, size):
 def _meta_shapes(name: str) -> dict:
     """Official state-dict shapes of a variant, built on the meta device (no memory, no time)."""
     with torch.device("meta"):
-        official = BUILDERS[name]()
+        official = official_sam(name)
     return {k: jax.ShapeDtypeStruct(tuple(v.shape), jnp.float32) for k, v in official.state_dict().items()
             if not k.startswith("pixel_")}
 

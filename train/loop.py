@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from train.optim import make_optimizer, param_path
 from vitsam import parallel, sharding
+from vitsam.bench import DTYPES
 from vitsam.checkpoint import Checkpointer
 
 
@@ -282,9 +283,6 @@ def setup(cfg, task: Task, devices=None) -> Setup:
     train_step = jax.jit(make_train_step(task, tx, schedule, accum, step_rng),
                          in_shardings=(shardings, batch_sharding), out_shardings=(shardings, rep), donate_argnums=0)
     return Setup(mesh, tx, schedule, init, abstract, shardings, batch_sharding, train_step, local_batch)
-
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def model_overrides(model_cfg) -> dict:

@@ -6,6 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+# Light imports only (argparse, the bench options): `vitsam --help` and argument errors must not wait for
+# JAX; each command imports what it runs.
+from vitsam.bench.cli import add_arguments as add_bench_arguments
+
 
 def _figures(args) -> int:
     import jax
@@ -19,9 +23,11 @@ def _figures(args) -> int:
                figures.similarity_figure(out / "similarity.png", args.tokens, args.dim)]
     model, variables, source = _vit_for(args, vit_variant, jax)
     image = _read_image(args.image)
-    written.append(figures.attention_figure(
-        out / "attention.png", model, variables, image,
-        title=f"attention: {source}"))
+    if args.checkpoint:  # the title names the model, not the folder it was read from
+        source = (f"trained ViT, {model.depth} layers × {model.num_heads} heads, width {model.width}, "
+                  f"{model.patch_size}-px patches, {model.image_size}-px input")
+    written.append(figures.attention_figure(out / "attention.png", model, variables, image,
+                                            title=f"attention: {source}"))
     for path in written:
         print(path)
     return 0
@@ -137,9 +143,9 @@ def _numbers(text: str, flag: str, counts: tuple[int, ...], form: str) -> list[f
 
 
 def _bench(args) -> int:
-    from vitsam import bench
+    from vitsam.bench.cli import run_cli
 
-    return bench.run_cli(args)
+    return run_cli(args)
 
 
 def _vit_for(args, vit_variant, jax):
@@ -225,8 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_segment)
 
     p = sub.add_parser("bench", help="time ViT / SAM (compile, step, images/s, FLOPs, MFU, memory), vs PyTorch peers")
-    from vitsam.bench import add_arguments as add_bench_arguments  # light: jax is imported by the CLI anyway
-
     add_bench_arguments(p)
     p.set_defaults(func=_bench)
     return parser

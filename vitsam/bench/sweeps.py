@@ -1,0 +1,96 @@
+"""Sweeps: a model spec ("vit:B/16", "sam:vit_h:decoder") and a mode, batch and dtype make one group of cases
+(vitsam with each attention kernel, then the PyTorch peers); `run_benchmarks` times every combination."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+
+from vitsam.bench.cases import check, sam_decoder_case, sam_encoder_case, vit_case
+from vitsam.bench.harness import Case, run_group
+from vitsam.bench.torch_peers import timm_vit_case, torch_sam_decoder_case, torch_sam_encoder_case
+from vitsam.models import registry
+
+
+def parse_model(spec: str) -> tuple[str, str, str]:
+    """"vit:B/16" -> ("vit", "B/16", "model"); "sam:vit_b" or "sam:vit_b:encoder" -> ("sam", "vit_b",
+    "encoder"); "sam:vit_b:decoder" -> ("sam", "vit_b", "decoder")."""
+    family, _, rest = spec.partition(":")
+    if family == "vit" and rest:
+        registry.get("vit").build(rest)  # validates the name
+        return "vit", rest, "model"
+    if family == "sam" and rest:
+        variant, _, part = rest.partition(":")
+        part = part or "encoder"
+        if part not in ("encoder", "decoder"):
+            raise ValueError(f"unknown SAM part {part!r} in {spec!r}; valid: encoder, decoder")
+        registry.get("sam").build(variant)
+        return "sam", variant, part
+    raise ValueError(f"unknown model {spec!r}; expected vit:VARIANT (e.g. vit:B/16) or sam:VARIANT[:encoder|:decoder]"
+                     f" (e.g. sam:vit_b, sam:vit_h:decoder)")
+
+
+def sweep_cases(spec: str, mode: str, batch: int, dtype: str, kernels: Sequence[str], *, torch: bool = False,
+                torch_compile: bool | None = None, image_size: int = 224, overrides: dict | None = None) -> list[Case]:
+    """The cases of one group: vitsam with each attention kernel, then the PyTorch peers when `torch`:
+    timm / segment-anything eager (for the SAM encoder also with SDPA attention), and with `torch_compile`
+    the torch.compile (+ SDPA) versions. `torch_compile` None means: on a GPU only.
+    """
+    family, variant, part = parse_model(spec)
+    overrides = overrides or {}
+    if torch_compile is None:
+        torch_compile = jax.default_backend() == "gpu"
+    if family == "vit":
+        cases = [vit_case(variant, batch, dtype, k, mode, image_size=image_size, **overrides) for k in kernels]
+        if torch:
+            cases.append(timm_vit_case(variant, batch, dtype, mode, image_size=image_size, **overrides))
+            if torch_compile:
+                cases.append(timm_vit_case(variant, batch, dtype, mode, compile=True, image_size=image_size,
+                                           **overrides))
+        return cases
+    if mode != "forward":
+        raise ValueError(f"{spec}: SAM benchmarks time the forward pass only (mode 'forward')")
+    if part == "encoder":
+        cases = [sam_encoder_case(variant, batch, dtype, k, **overrides) for k in kernels]
+        if torch:
+            cases.append(torch_sam_encoder_case(variant, batch, dtype))
+            cases.append(torch_sam_encoder_case(variant, batch, dtype, sdpa=True))
+            if torch_compile:
+                cases.append(torch_sam_encoder_case(variant, batch, dtype, sdpa=True, compile=True))
+        return cases
+    cases = [sam_decoder_case(variant, batch, dtype, k, **overrides) for k in kernels]
+    if torch:
+        cases.append(torch_sam_decoder_case(variant, batch, dtype))
+        if torch_compile:
+            cases.append(torch_sam_decoder_case(variant, batch, dtype, compile=True))
+    return cases
+
+
+def run_benchmarks(models: Sequence[str], batches: Sequence[int] = (1,), dtypes: Sequence[str] = ("float32",),
+                   kernels: Sequence[str] = ("einsum",), modes: Sequence[str] = ("forward",), *, torch: bool = False,
+                   torch_compile: bool | None = None, warmup: int = 2, iters: int = 5, repeats: int = 1,
+                   image_size: int = 224, overrides: dict | None = None, peak: float | None | str = "device",
+                   matmul_tflops_ref: dict[str, float] | None = None, interleave: bool | None = None,
+                   log: Callable[[str], None] | None = print) -> list[dict]:
+    """Every combination, group by group (see `sweep_cases`); SAM models skip the train mode."""
+    for spec in models:
+        parse_model(spec)
+    for k in kernels:
+        check("float32", k, "forward")
+    for d in dtypes:
+        check(d, "einsum", "forward")
+    for m in modes:
+        check("float32", "einsum", m)
+    records = []
+    for spec in models:
+        for mode in modes:
+            if mode != "forward" and spec.startswith("sam:"):
+                continue
+            for batch in batches:
+                for dtype in dtypes:
+                    cases = sweep_cases(spec, mode, batch, dtype, kernels, torch=torch, torch_compile=torch_compile,
+                                        image_size=image_size, overrides=overrides)
+                    records += run_group(cases, warmup=warmup, iters=iters, repeats=repeats, peak=peak,
+                                         matmul_tflops_ref=matmul_tflops_ref, interleave=interleave, log=log)
+    return records
