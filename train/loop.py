@@ -56,7 +56,8 @@ class Task:
     placed on the mesh directly rather than baked into a jitted init as constants.
     constants: host arrays that are not trained but belong with the params (SAM's fixed Fourier matrix); they
     are saved in every checkpoint as `constants` (so `vitsam.checkpoint.load_trained` returns them as a
-    variable collection). The task's functions close over them.
+    variable collection). When given, loss_fn and eval_fn receive the state's copy as a keyword `constants=`:
+    after a resume the restored ones, never values drawn again.
     trainable(path) -> bool: which parameters the optimizer updates (path: tuple of key names); others are frozen
     (zero update, no optimizer state, no weight decay). None: all.
     lr_scale(path) -> float: a per-parameter learning-rate multiplier (e.g. layer-wise lr decay). None: 1.
@@ -140,15 +141,17 @@ def make_train_step(task: Task, tx, schedule, accum_steps: int, base_rng: jax.Ar
 
     def step_fn(state: TrainState, batch: dict):
         rng = jax.random.fold_in(base_rng, state.step)
+        kw = {} if task.constants is None else {"constants": state.constants}
         if accum_steps == 1:
-            (loss, aux), grads = grad_fn(state.params, batch, rng)
+            (loss, aux), grads = grad_fn(state.params, batch, rng, **kw)
         else:
             def body(carry, xs):
                 i, micro = xs
-                (l, a), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
+                (l, a), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i), **kw)
                 return jax.tree.map(jnp.add, carry, (l, a, g)), None
 
-            (l0, a0), g0 = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], _microbatches(batch, accum_steps)), rng)
+            first = jax.tree.map(lambda x: x[0], _microbatches(batch, accum_steps))
+            (l0, a0), g0 = jax.eval_shape(lambda p, b, r: grad_fn(p, b, r, **kw), state.params, first, rng)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, a0, g0))
             (loss, aux, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), _microbatches(batch, accum_steps)))
             loss, aux, grads = jax.tree.map(lambda x: x / accum_steps, (loss, aux, grads))
@@ -163,8 +166,8 @@ def make_train_step(task: Task, tx, schedule, accum_steps: int, base_rng: jax.Ar
 def make_eval_step(task: Task):
     """(params, batch) -> (weighted sums, sums of weights) per metric, and the count of real examples."""
 
-    def eval_step(params, batch):
-        values = task.eval_fn(params, batch)
+    def eval_step(params, batch, constants=None):
+        values = task.eval_fn(params, batch, **({} if constants is None else {"constants": constants}))
         some = next(iter(values.values()))
         size = (some[0] if isinstance(some, tuple) else some).shape[0]
         mask = batch["mask"].astype(jnp.float32) if "mask" in batch else jnp.ones((size,), jnp.float32)
@@ -178,12 +181,12 @@ def make_eval_step(task: Task):
     return eval_step
 
 
-def evaluate(eval_step, params, task: Task, local_batch: int, mesh) -> dict:
+def evaluate(eval_step, params, task: Task, local_batch: int, mesh, constants=None) -> dict:
     totals: dict[str, float] = {}
     weights: dict[str, float] = {}
     count = 0.0
     for batch in task.eval_iterator(local_batch):
-        sums, w, n = jax.device_get(eval_step(params, parallel.shard_batch(batch, mesh)))
+        sums, w, n = jax.device_get(eval_step(params, parallel.shard_batch(batch, mesh), constants))
         for k in sums:
             totals[k] = totals.get(k, 0.0) + float(sums[k])
             weights[k] = weights.get(k, 0.0) + float(w[k])
@@ -202,7 +205,8 @@ def evaluate_only(cfg, task: Task) -> dict:
     local_batch = parallel.check_global_batch(cfg.batch_size, mesh)
     host = task.initial_params()
     params = sharding.shard_host_tree(host, param_shardings(cfg, mesh, host))
-    return evaluate(jax.jit(make_eval_step(task)), params, task, local_batch, mesh)
+    constants = None if task.constants is None else jax.device_put(task.constants, parallel.replicated(mesh))
+    return evaluate(jax.jit(make_eval_step(task)), params, task, local_batch, mesh, constants)
 
 
 # ----------------------------------------------------------------------------- mesh and shardings
@@ -401,7 +405,8 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
                                     img_s=f"{record['images_per_s']:.0f}")
                     window_start, window_steps = time.perf_counter(), 0
             if eval_now:
-                last_eval = evaluate(eval_step, state.params, task, local_batch, mesh)
+                last_eval = evaluate(eval_step, state.params, task, local_batch, mesh,
+                                     None if task.constants is None else state.constants)
                 log.write({"step": step, "split": "eval", **last_eval})
                 if is_main:
                     bar.write(f"step {step}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))

@@ -124,7 +124,8 @@ def compile_plan(cfg, workdir, target: str, make_task: Callable, *, model_fields
         plain = make_task(counted)
     grad = jax.value_and_grad(plain.loss_fn, has_aux=True)
     rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32)
-    flops = bench.matmul_flops(grad, setup.abstract.params, task.batch_spec(cfg.batch_size), rng)
+    kw = {} if plain.constants is None else {"constants": setup.abstract.constants}
+    flops = bench.matmul_flops(grad, setup.abstract.params, task.batch_spec(cfg.batch_size), rng, **kw)
 
     mem = compiled.memory_analysis()
     params = sharding.per_device_bytes(setup.abstract.params)

@@ -33,6 +33,7 @@ scored at the model's low-res output size (4× the embedding grid).
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -226,6 +227,14 @@ class SamTask:
     def _vars(self, params):
         return {"params": params, "constants": self.constants}
 
+    def _with(self, constants) -> "SamTask":
+        """This task computing with `constants` (the saved ones the loop passes in) instead of its own."""
+        if constants is None:
+            return self
+        task = copy.copy(self)
+        task.constants = constants
+        return task
+
     def encode(self, params, images, rng=None):
         train = rng is not None and not self.freeze
         emb = self.model.apply(self._vars(params), images, train=train, method=Sam.encode_image,
@@ -307,7 +316,9 @@ class SamTask:
         _, rest = jax.lax.scan(round_fn, (points, labels, prev), xs)
         return rounds + [(jax.tree.map(lambda x: x[r], rest), valid) for r in range(later)]
 
-    def loss_fn(self, params, batch, rng):
+    def loss_fn(self, params, batch, rng, constants=None):
+        if constants is not None:
+            return self._with(constants).loss_fn(params, batch, rng)
         images, targets, boxes, labels, valid2d = self.prepare(batch)
         m = labels.shape[1]
         k_enc, k_sim = jax.random.split(rng)
@@ -340,7 +351,9 @@ class SamTask:
 
     # -- evaluation
 
-    def eval_fn(self, params, batch):
+    def eval_fn(self, params, batch, constants=None):
+        if constants is not None:
+            return self._with(constants).eval_fn(params, batch)
         images, targets, boxes, labels, valid2d = self.prepare(batch)
         b, m = labels.shape
         emb = jnp.repeat(self.encode(params, images), m, axis=0)
