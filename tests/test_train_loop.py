@@ -73,18 +73,71 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
 
 
-def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
+def test_corrupt_newest_checkpoint_is_moved_aside_and_saved_again(tmp_path, capsys):
+    """A corrupt final checkpoint: the rerun falls back to the previous one, moves the corrupt step aside (kept,
+    not deleted) and can finish, saving that step again; more steps afterwards work too."""
     cfg = fx.config(total_steps=10, checkpoint_every=5)
     loop.run(cfg, tmp_path, fx.task())
     newest = tmp_path / "checkpoints" / "10"
     for f in newest.rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(b"garbage")
-    cfg.total_steps = 12
-    with pytest.warns(UserWarning, match="skipping unreadable checkpoint at step 10"):
+    with pytest.warns(UserWarning, match="skipping unreadable checkpoint at step 10.*moved it to"):
         loop.run(cfg, tmp_path, fx.task(), status=print)
     assert "resumed from step 5" in capsys.readouterr().out
+    aside = list((tmp_path / "checkpoints_unreadable").iterdir())
+    assert len(aside) == 1 and aside[0].name.startswith("10-") and any(aside[0].rglob("*"))
+    from vitsam.checkpoint import Checkpointer
+
+    state, data = Checkpointer(tmp_path / "checkpoints", every=5).read(10)  # saved again, readable
+    assert data["iterator"] == {"json": {"i": 10}}
+    cfg.total_steps = 12
+    loop.run(cfg, tmp_path, fx.task(), status=print)
+    assert "resumed from step 10" in capsys.readouterr().out
     assert [r["step"] for r in read(tmp_path)] == list(range(1, 13))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("keep_checkpoints", 0, "keep_checkpoints must be at least 1, got 0 (0 would delete every checkpoint"),
+    ("total_steps", 0, "total_steps must be at least 1"),
+    ("eval_every", 0, "eval_every must be at least 1"),
+    ("log_every", 0, "log_every must be at least 1"),
+    ("checkpoint_every", -5, "checkpoint_every must be at least 1"),
+    ("optim.lr", -1e-3, "optim.lr must not be negative"),
+    ("optim.lr", 0.0, "optim.lr must be positive"),
+    ("optim.warmup_steps", -1, "optim.warmup_steps must not be negative"),
+])
+def test_nonsense_loop_values_are_refused_before_anything_is_written(tmp_path, field, value, message):
+    cfg = fx.config()
+    node, _, name = field.rpartition(".")
+    (cfg[node] if node else cfg)[name] = value
+    with pytest.raises(ValueError) as e:
+        loop.run(cfg, tmp_path, fx.task())
+    assert message in str(e.value)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_workdir_of_another_model_is_refused_before_anything_changes(tmp_path):
+    from vitsam.checkpoint import check_model_spec, model_spec, write_model_spec
+    from vitsam.models import registry
+
+    small = fx.vit_variant("Ti/16", num_classes=4, image_size=16, patch_size=4, width=32, depth=2, mlp_dim=64,
+                           num_heads=2)
+    write_model_spec(tmp_path, model_spec("vit", small))
+    fields = registry.get("vit").training_fields
+    check_model_spec(tmp_path, model_spec("vit", small.clone(width=64)), fields)  # no checkpoint yet: allowed
+    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+    before = (tmp_path / "model.json").read_bytes()
+    with pytest.raises(ValueError) as e:
+        check_model_spec(tmp_path, model_spec("vit", small.clone(width=64, depth=3)), fields)
+    assert "width: 32 in the run, 64 now" in str(e.value) and "depth: 2 in the run, 3 now" in str(e.value)
+    check_model_spec(tmp_path, model_spec("vit", small.clone(dropout=0.3, drop_path=0.1)), fields)  # training-only
+    with pytest.raises(ValueError, match="holds a vit run, not a sam one"):
+        check_model_spec(tmp_path, {"kind": "sam", "fields": {}}, fields)
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(ValueError, match="model.json is not valid JSON"):
+        check_model_spec(tmp_path, model_spec("vit", small), fields)
+    (tmp_path / "model.json").write_bytes(before)
 
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
@@ -120,6 +173,15 @@ def test_decay_mask_skips_biases_norms_and_embeddings():
     for name in ("cls", "pos_embedding", "embedding/bias", "head/bias", "Transformer/encoder_norm/scale",
                  "Transformer/encoderblock_0/LayerNorm_0/bias", "Transformer/encoderblock_0/MlpBlock_0/Dense_0/bias"):
         assert not flat[name], name
+
+
+def test_a_run_shorter_than_its_warmup_still_decays_to_the_end_lr():
+    cfg = fx.config().optim
+    cfg.lr, cfg.end_lr, cfg.warmup_steps = 1.0, 0.0, 100
+    s = learning_rate_schedule(cfg, 10)
+    lrs = [float(s(i)) for i in range(11)]
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(1.0) and lrs[10] == pytest.approx(0.0, abs=1e-7)
+    assert all(a < b for a, b in zip(lrs[:5], lrs[1:6])) and all(a > b for a, b in zip(lrs[5:10], lrs[6:11]))
 
 
 def test_schedule_warms_up_linearly_then_decays_by_a_cosine():

@@ -50,6 +50,14 @@ def test_one_and_eight_devices_give_the_same_losses(tmp_path, data_dir):
     assert plot.returncode == 0, plot.stderr
     assert (tmp_path / "one" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # The same workdir with another architecture: refused before anything in it changes.
+    files = {p: p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
+    other = train(tmp_path / "one", *args, "--config.model.width=64", "--config.total_steps=8")
+    assert other.returncode != 0
+    assert "holds checkpoints of another model (width: 32 in the run, 64 now)" in other.stderr
+    assert "Traceback" not in other.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()} == files
+
 
 @pytest.mark.parametrize("args, message", [
     (["--config.batch_size=12"], "does not split over the mesh's batch axes (data 8 × fsdp 1 = 8)"),

@@ -231,9 +231,21 @@ def param_shardings(cfg, mesh, params):
     return sharding.named(mesh, sharding.param_specs(params, sharding_rules(cfg), mesh, min_size))
 
 
-def check_parallel_config(cfg) -> None:
-    """The mesh, the rules' axes and the batch split checked against the devices: cheap, for a trainer to call
-    before it reads any data (rules that do not fit a parameter are found by `setup`, from the shapes)."""
+def check_config(cfg) -> None:
+    """The loop's fields, the mesh, the rules' axes and the batch split checked against the devices: cheap, for a
+    trainer to call before it reads any data (rules that do not fit a parameter are found by `setup`)."""
+    for name in ("batch_size", "total_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        if int(cfg[name]) < 1:
+            why = " (0 would delete every checkpoint, the final one too)" if name == "keep_checkpoints" else ""
+            raise ValueError(f"{name} must be at least 1, got {cfg[name]}{why}")
+    o = cfg.optim
+    for name in ("lr", "end_lr", "warmup_steps", "weight_decay", "clip_norm"):
+        if name in o and o[name] is not None and float(o[name]) < 0:
+            raise ValueError(f"optim.{name} must not be negative, got {o[name]}")
+    if not o.lr > 0:
+        raise ValueError(f"optim.lr must be positive, got {o.lr}")
+    if int(o.grad_accum_steps) < 1:
+        raise ValueError(f"optim.grad_accum_steps must be at least 1, got {o.grad_accum_steps}")
     mesh = make_mesh(cfg)
     sharding.check_rules(sharding_rules(cfg), mesh.axis_names)
     parallel.check_global_batch(cfg.batch_size, mesh)
@@ -307,6 +319,7 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
     keep_checkpoints, seed, optim.* (see train.optim) and optim.grad_accum_steps. Returns the last eval metrics.
     """
     workdir = prepare_workdir(workdir)
+    check_config(cfg)
     is_main = jax.process_index() == 0
     say = status if is_main else (lambda message: None)
     setup_ = setup(cfg, task)

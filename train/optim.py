@@ -11,8 +11,11 @@ import optax
 
 
 def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to `cfg.lr` over `cfg.warmup_steps`, then cosine decay to `cfg.end_lr`."""
-    warmup = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
+    """Linear warmup from 0 to `cfg.lr` over `cfg.warmup_steps`, then cosine decay to `cfg.end_lr`. A run no
+    longer than its warmup warms up over its first half and decays over the second (it still ends at end_lr)."""
+    warmup = int(cfg.warmup_steps)
+    if warmup >= total_steps:
+        warmup = total_steps // 2
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1), end_value=cfg.end_lr)

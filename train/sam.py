@@ -45,7 +45,7 @@ from ml_collections import config_flags
 
 from train import launch, loop
 from vitsam.models import registry
-from vitsam.checkpoint import model_spec, write_model_spec
+from vitsam.checkpoint import check_model_spec, model_spec, write_model_spec
 from vitsam.data import prompts
 from vitsam.losses import mask_iou, segmentation_loss
 from vitsam.models import Sam, sam_init, sam_variant
@@ -436,9 +436,13 @@ def train(cfg, workdir) -> dict:
     """Validate everything cheap first (workdir, config, data, model), then train."""
     workdir = loop.prepare_workdir(workdir)
     _check_config(cfg)
-    loop.check_parallel_config(cfg)
+    loop.check_config(cfg)
     train_source, eval_source, class_names = open_sources(cfg)
     model, initial_variables = build_model(cfg)
+    spec = model_spec("sam", model, class_names=class_names,
+                      dataset=cfg.data.name if cfg.data.format == "tfds" else cfg.data.format)
+    if not cfg.eval_only:
+        check_model_spec(workdir, spec, registry.get("sam").training_fields)
     train_source, eval_source = cache_sources(cfg, train_source, eval_source)
     task = sam_task(cfg, model, train_source, eval_source, class_names, initial_variables)
     if cfg.eval_only:
@@ -451,8 +455,7 @@ def train(cfg, workdir) -> dict:
             (workdir / "eval.json").write_text(json.dumps(record, indent=1) + "\n")
         return result
     if jax.process_index() == 0:
-        write_model_spec(workdir, model_spec("sam", model, class_names=class_names,
-                                             dataset=cfg.data.name if cfg.data.format == "tfds" else cfg.data.format))
+        write_model_spec(workdir, spec)
     return loop.run(cfg, workdir, task)
 
 

@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from train import launch, loop
 from vitsam.models import registry
-from vitsam.checkpoint import model_spec, write_model_spec
+from vitsam.checkpoint import check_model_spec, model_spec, write_model_spec
 from vitsam.models import vit_variant
 
 _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "vit_shapes.py"
@@ -96,17 +96,18 @@ def train(cfg, workdir) -> dict:
     from vitsam.data import pipeline
 
     workdir = loop.prepare_workdir(workdir)
-    loop.check_parallel_config(cfg)
+    loop.check_config(cfg)
     d = cfg.data
     train_source = pipeline.open_source(name=d.name, split=d.train_split, data_dir=d.data_dir)
     eval_source = pipeline.open_source(name=d.name, split=d.eval_split, data_dir=d.data_dir)
     num_classes = pipeline.num_classes(train_source)
+    model, initial_params = build_model(cfg, num_classes)
+    spec = model_spec("vit", model, class_names=pipeline.class_names(train_source), dataset=d.name)
+    check_model_spec(workdir, spec, registry.get("vit").training_fields)
     if d.cache_in_memory:  # small datasets: decode every image once, then read from RAM
         train_source, eval_source = pipeline.cache_in_memory(train_source), pipeline.cache_in_memory(eval_source)
-    model, initial_params = build_model(cfg, num_classes)
     if jax.process_index() == 0:
-        write_model_spec(workdir, model_spec("vit", model, class_names=pipeline.class_names(train_source),
-                                             dataset=d.name))
+        write_model_spec(workdir, spec)
     return loop.run(cfg, workdir, classification_task(cfg, model, train_source, eval_source, initial_params))
 
 
