@@ -81,3 +81,15 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path, data_dir):
     result = train(blocker / "sub", *TINY, f"--config.data.data_dir={data_dir}", timeout=300)
     assert result.returncode != 0
     assert "not writable" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.optim.lrr=1e-3"], "train.vit: error: unknown config field 'lrr' Did you mean \"lr\" instead of \"lrr\"?"),
+    (["--config=/no/such/recipe.py"], "No such file or directory: '/no/such/recipe.py'"),
+    (["--config.batch_size=many"], "flag --config.batch_size=many: invalid literal for int()"),
+])
+def test_command_line_mistakes_are_one_line_errors(tmp_path, args, message):
+    result = train(tmp_path / "w", *args, timeout=300)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

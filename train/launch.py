@@ -30,6 +30,47 @@ COMPILE_FOR = flags.DEFINE_string(
     "tpu:v4:2x2x4, tpu:v5p:2x2x2, cpu:8) and write WORKDIR/compile_plan.json; needs no data or weights")
 
 
+def _one_line(error: BaseException) -> str:
+    """An exception from flag / config parsing as one line (ml_collections' messages are quoted, multi-line)."""
+    text = str(error)
+    if isinstance(error, (AttributeError, KeyError)) and len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1].encode().decode("unicode_escape")
+        text = f"unknown config field {text}"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def define_config(program: str, default_path) -> flags.FlagHolder:
+    """The `--config` flag (a configs/*.py file, fields overridable as --config.field=value). ml_collections
+    reads the command line's overrides when the flag is defined, so a misspelt field or a missing file fails
+    here: one line on stderr and exit status 2."""
+    import sys
+
+    from ml_collections import config_flags
+
+    try:
+        return config_flags.DEFINE_config_file("config", str(default_path), "training recipe (a configs/*.py file)")
+    except Exception as e:  # noqa: BLE001 - a bad --config on the command line
+        sys.stderr.write(f"{program}: error: {_one_line(e)}\n")
+        sys.exit(2)
+
+
+def run(program: str, main: Callable) -> None:
+    """`absl.app.run(main)` with flag and config errors (an unknown or misspelt `--config.*` field, a value of the
+    wrong type, a missing config file) as one line on stderr and exit status 2, instead of tracebacks."""
+    import sys
+
+    from absl import app
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except Exception as e:  # noqa: BLE001 - any parsing failure is the user's input: say it in one line
+            sys.stderr.write(f"{program}: error: {_one_line(e)}\n")
+            sys.exit(2)
+
+    app.run(main, flags_parser=parse)
+
+
 def command_main(program: str, train: Callable, plan_task: Callable, config_flag, workdir_flag,
                  model_fields: Callable | None = None) -> Callable:
     """The absl `main` of a trainer.
@@ -58,8 +99,8 @@ def command_main(program: str, train: Callable, plan_task: Callable, config_flag
             parallel.initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
                                             timeout_s=max(TIMEOUT.value, 300), heartbeat_timeout_s=TIMEOUT.value)
             result = train(cfg, workdir)
-        except (ValueError, FileNotFoundError, loop.NonFiniteLossError) as e:
-            raise SystemExit(f"{program}: error: {e}") from None
+        except (ValueError, OSError, loop.NonFiniteLossError) as e:  # OSError: a config file that did not load
+            raise SystemExit(f"{program}: error: {_one_line(e)}") from None
         if result and jax.process_index() == 0:
             print("final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
 

@@ -40,8 +40,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from train import launch, loop
 from vitsam.models import registry
@@ -52,7 +51,7 @@ from vitsam.models import Sam, sam_init, sam_variant
 from vitsam.models.sam import processing
 
 _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sam_shapes.py"
-_CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "training recipe (a configs/*.py file)")
+_CONFIG = launch.define_config("train.sam", _DEFAULT_CONFIG)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics.jsonl go", required=True)
 
 FORMATS = ("tfds", "sa1b", "coco")
@@ -480,4 +479,4 @@ main = launch.command_main("train.sam", train, plan_task, _CONFIG, _WORKDIR, mod
 
 
 if __name__ == "__main__":
-    app.run(main)
+    launch.run("train.sam", main)

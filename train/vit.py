@@ -17,8 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from train import launch, loop
 from vitsam.models import registry
@@ -26,7 +25,7 @@ from vitsam.checkpoint import check_model_spec, model_spec, write_model_spec
 from vitsam.models import vit_variant
 
 _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "vit_shapes.py"
-_CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "training recipe (a configs/*.py file)")
+_CONFIG = launch.define_config("train.vit", _DEFAULT_CONFIG)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics.jsonl go", required=True)
 
 
@@ -131,4 +130,4 @@ main = launch.command_main("train.vit", train, plan_task, _CONFIG, _WORKDIR, mod
 
 
 if __name__ == "__main__":
-    app.run(main)
+    launch.run("train.vit", main)
