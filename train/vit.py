@@ -34,14 +34,23 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics.j
 
 def build_model(cfg, num_classes: int):
     """(model, host params or None). From scratch: `cfg.model.variant` plus field overrides (None keeps the
-    variant's value). With `cfg.init_from`: the architecture of that checkpoint (resampled to the data's image
-    size, with a fresh head when the class count differs) and only the training fields of `cfg.model`."""
+    variant's value). With `cfg.init_from` (a vit_jax / big_vision .npz, a timm file, a `vitsam convert` folder or
+    a training workdir): the architecture of that checkpoint (resampled to the data's image size, with a fresh
+    head when the class count differs) and only the training fields of `cfg.model`."""
     overrides = loop.model_overrides(cfg.model)
     if not cfg.init_from:
         return vit_variant(cfg.model.variant, num_classes=num_classes, image_size=cfg.data.image_size, **overrides), None
-    from vitsam.convert import load_vit_checkpoint
+    from vitsam.convert import load_model, load_vit_checkpoint
+    from vitsam.convert.vit import adapt_vit
 
-    model, variables = load_vit_checkpoint(cfg.init_from, image_size=cfg.data.image_size, num_classes=num_classes)
+    if Path(cfg.init_from).expanduser().is_dir():  # a `vitsam convert` folder or a training workdir
+        model, variables, kind = load_model(cfg.init_from)
+        if kind != "vit":
+            raise ValueError(f"init_from={cfg.init_from} holds a {kind} model, not a ViT")
+        model, params = adapt_vit(model, variables["params"], image_size=cfg.data.image_size, num_classes=num_classes)
+        variables = {"params": params}
+    else:
+        model, variables = load_vit_checkpoint(cfg.init_from, image_size=cfg.data.image_size, num_classes=num_classes)
     model = model.clone(**{k: v for k, v in overrides.items() if k in registry.get("vit").training_fields})
     return model, variables["params"]
 

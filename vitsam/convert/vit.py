@@ -425,6 +425,38 @@ def _torch_to_numpy(t):
     return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
+def _adapt(config: dict, params: dict, image_size: int | None, num_classes: int | None,
+           resample_method: str = "bilinear", antialias: bool = False) -> None:
+    """In place: a position grid resampled to `image_size`, a fresh zero head for `num_classes` (None: keep)."""
+    p = config["patch_size"]
+    if image_size is not None and image_size != config["image_size"]:
+        if image_size % p:
+            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {p}")
+        if "pos_embedding" in params:  # learned positions; sincos tables are computed from the size
+            params["pos_embedding"] = resample_position_embedding(
+                np.asarray(params["pos_embedding"]), image_size // p, config["pool"] == "tok",
+                method=resample_method, antialias=antialias)
+        config["image_size"] = image_size
+    if num_classes is not None and num_classes != config["num_classes"]:
+        features = config["representation_size"] or config["width"]
+        params["head"] = {"kernel": np.zeros((features, num_classes), np.float32),
+                          "bias": np.zeros((num_classes,), np.float32)}
+        config["num_classes"] = num_classes
+
+
+def adapt_vit(model: VisionTransformer, params: dict, *, image_size: int | None = None,
+              num_classes: int | None = None) -> tuple[VisionTransformer, dict]:
+    """A loaded ViT (e.g. a converted folder or a training workdir) for another image size and class count:
+    the position grid resampled, a fresh zero head; other fields unchanged. Returns (model, params)."""
+    config = {k: getattr(model, k) for k in ("patch_size", "image_size", "pool", "num_classes",
+                                             "representation_size", "width")}
+    params = dict(jax.device_get(params))
+    _adapt(config, params, image_size, num_classes)
+    model = model.clone(image_size=config["image_size"], num_classes=config["num_classes"])
+    _check_against_model(model, params, params["embedding"]["kernel"].shape[2])
+    return model, params
+
+
 def load_vit_checkpoint(path, *, image_size: int | None = None, num_classes: int | None = None,
                         num_heads: int | None = None, source: str = "auto", strict: bool = True,
                         resample_method: str = "bilinear", antialias: bool = False, **overrides):
@@ -438,19 +470,7 @@ def load_vit_checkpoint(path, *, image_size: int | None = None, num_classes: int
     state = read_state_dict(path)
     config, params = vit_params_from_state_dict(state, source, num_heads=num_heads, scan=overrides.pop("scan", None),
                                                 strict=strict)
-    p = config["patch_size"]
-    if image_size is not None and image_size != config["image_size"]:
-        if image_size % p:
-            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {p}")
-        params["pos_embedding"] = resample_position_embedding(
-            params["pos_embedding"], image_size // p, config["pool"] == "tok", method=resample_method,
-            antialias=antialias)
-        config["image_size"] = image_size
-    if num_classes is not None and num_classes != config["num_classes"]:
-        features = config["representation_size"] or config["width"]
-        params["head"] = {"kernel": np.zeros((features, num_classes), np.float32),
-                          "bias": np.zeros((num_classes,), np.float32)}
-        config["num_classes"] = num_classes
+    _adapt(config, params, image_size, num_classes, resample_method, antialias)
     if config["num_classes"] is None:
         raise ValueError("the checkpoint has no classification head; pass num_classes= to add a fresh zero head")
     model = VisionTransformer(**{**config, **overrides})
