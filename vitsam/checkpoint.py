@@ -90,11 +90,6 @@ class Checkpointer:
         self.manager.close()
 
 
-def abstract_like(tree):
-    """The restore target for `tree`: shapes, dtypes and shardings without the data."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
 # ----------------------------------------------------------------------------- trained models
 
 MODEL_SPEC = "model.json"

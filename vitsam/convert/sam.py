@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from vitsam.models.sam import SAM_VARIANTS, Sam, sam_init
+from vitsam.params import flatten_paths
 
 # (flax path in the variables tree, official keys, transform of the official arrays)
 Entry = tuple[tuple[str, ...], tuple[str, ...], Callable]
@@ -265,7 +266,7 @@ def sam_state_dict_to_variables(state_dict: Mapping, model: Sam | None = None, *
 
     # Every variable of the model must be filled (the text encoder is ours, not official).
     filled = {path for path, _, _ in entries}
-    unfilled = [p for p, _ in _flatten(expected) if p not in filled and not (len(p) > 1 and p[1] == "text_encoder")]
+    unfilled = [p for p in flatten_paths(expected) if p not in filled and not (len(p) > 1 and p[1] == "text_encoder")]
     if unfilled:
         raise KeyError(f"no checkpoint key fills {len(unfilled)} model variable(s), e.g. {'/'.join(unfilled[0])}")
     if model.text:
@@ -273,14 +274,6 @@ def sam_state_dict_to_variables(state_dict: Mapping, model: Sam | None = None, *
         text = jax.jit(lambda r: sam_init(model, r)["params"]["text_encoder"])(jax.random.PRNGKey(0))
         variables["params"]["text_encoder"] = text
     return model, variables
-
-
-def _flatten(tree, prefix=()):
-    if isinstance(tree, Mapping):
-        for k, v in tree.items():
-            yield from _flatten(v, prefix + (k,))
-    else:
-        yield prefix, tree
 
 
 def load_sam_checkpoint(path, *, strict: bool = True, **overrides):

@@ -23,7 +23,6 @@ Layouts (D width, H heads, Dh = D/H, M mlp dim, P patch, N = grid², K classes):
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import warnings
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitsam.models.vit import VisionTransformer
+from vitsam.params import flatten_paths
 
 SOURCES = ("auto", "vit_jax", "big_vision", "timm")
 ACTIVATION = {"flax": "gelu_tanh", "timm": "gelu"}
@@ -130,16 +130,6 @@ def _nest(flat: dict) -> dict:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return out
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        else:
-            out[prefix + k] = v
     return out
 
 
@@ -482,8 +472,8 @@ def load_vit_checkpoint(path, *, image_size: int | None = None, num_classes: int
 def _check_against_model(model: VisionTransformer, params: dict, channels: int) -> None:
     """The converted tree must have exactly the model's parameter names and shapes."""
     images = jax.ShapeDtypeStruct((1, model.image_size, model.image_size, channels), jnp.float32)
-    expected = _flatten(jax.eval_shape(model.init, jax.random.PRNGKey(0), images)["params"])
-    got = _flatten(params)
+    expected = flatten_paths(jax.eval_shape(model.init, jax.random.PRNGKey(0), images)["params"], sep="/")
+    got = flatten_paths(params, sep="/")
     problems = [f"{k}: missing from the converted parameters (model expects {expected[k].shape})"
                 for k in sorted(set(expected) - set(got))]
     problems += [f"{k}: not a parameter of the model" for k in sorted(set(got) - set(expected))]

@@ -1,15 +1,16 @@
 """Data: the embedded shapes dataset, input pipelines and transforms.
 
 `shapes` (the NumPy generator) and `transforms` need only NumPy and Pillow. `shapes_builder` (the
-TFDS builder "vitsam_shapes") and `pipeline` (TFDS sources + grain) need the [data] extra; they
-are imported on first access, so `import vitsam.data` stays light.
+TFDS builder "vitsam_shapes"), `sources` (TFDS sources), `order` (the streams' order and sharding),
+`pipeline` (classification batches, and the entry point) and `instances` (instance-mask batches) need
+the [data] extra; they are imported on first access, so `import vitsam.data` stays light.
 """
 
 import importlib
 
 from vitsam.data import shapes, transforms
 
-_LAZY = ("pipeline", "shapes_builder")
+_LAZY = ("instances", "order", "pipeline", "shapes_builder", "sources")
 
 
 def __getattr__(name):
@@ -18,4 +19,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'vitsam.data' has no attribute {name!r}")
 
 
-__all__ = ["pipeline", "shapes", "shapes_builder", "transforms"]
+__all__ = ["instances", "order", "pipeline", "shapes", "shapes_builder", "sources", "transforms"]

@@ -6,7 +6,7 @@ A source here is any random-access object (`len`, `source[i]`) whose records are
 `coco.CocoInstancesSource` are such sources. Masks stay encoded in the record; only the ones a batch uses are
 decoded.
 
-`make_annotation_iterator` follows `pipeline.make_instance_iterator` (same keys, order, sharding, state) but
+`make_annotation_iterator` follows `instances.make_instance_iterator` (same keys, order, sharding, state) but
 keeps the aspect ratio as SAM does: the longest side is resized to S (round half up) and the image is padded
 at the bottom / right with zeros; "input_size" (b, 2) gives the (height, width) of the image inside the S × S
 frame.
@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from vitsam.data import pipeline, rle, transforms
+from vitsam.data import rle, transforms
+from vitsam.data.instances import fill_instance_slots
+from vitsam.data.order import example_batches, resolve_process, to_iterator
 from vitsam.models.sam.processing import resized_shape
 
 
@@ -41,37 +43,24 @@ class _AnnotatedExample:
         labels = np.asarray(record.get("labels", np.full(len(segmentations), -1)), np.int32).reshape(-1)
         if len(labels) != len(segmentations):
             raise ValueError(f"example {index}: {len(segmentations)} segmentations but {len(labels)} labels")
-        size, k = self.image_size, self.max_masks
+        size = self.image_size
         new_h, new_w = resized_shape(height, width, size)
         flip = self.train and self.flip and rng.random() < 0.5
 
         out_image = np.zeros((size, size, 3), np.uint8)
         resized = transforms.resize(image, (new_h, new_w))
         out_image[:new_h, :new_w] = transforms.horizontal_flip(resized) if flip else resized
-        masks = np.zeros((k, size, size), bool)
-        boxes = np.zeros((k, 4), np.float32)
-        out_labels = np.full((k,), -1, np.int32)
-        valid = np.zeros((k,), bool)
         order = rng.permutation(len(segmentations)) if self.train else np.arange(len(segmentations))
-        slot = 0
-        for j in order:  # decode only until max_masks masks survive the resize
-            if slot == k:
-                break
-            mask = rle.decode_segmentation(segmentations[j], height, width)
-            if mask.sum() < self.min_area:
-                continue
-            mask = transforms.resize(mask, (new_h, new_w), nearest=True)
-            if flip:
-                mask = transforms.horizontal_flip(mask)
-            if not mask.any():  # a tiny object can vanish when downscaled
-                continue
-            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-            masks[slot, :new_h, :new_w] = mask
-            boxes[slot] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
-            out_labels[slot] = labels[j]
-            valid[slot] = True
-            slot += 1
-        return {"image": out_image, "masks": masks, "mask_valid": valid, "boxes": boxes, "labels": out_labels,
+
+        def objects():  # decoded one at a time, as long as slots are left
+            for j in order:
+                mask = rle.decode_segmentation(segmentations[j], height, width)
+                if mask.sum() < self.min_area:
+                    continue
+                mask = transforms.resize(mask, (new_h, new_w), nearest=True)
+                yield (transforms.horizontal_flip(mask) if flip else mask), labels[j]
+
+        return {"image": out_image, **fill_instance_slots(objects(), self.max_masks, size),
                 "input_size": np.array([new_h, new_w], np.int32), "mask": np.bool_(is_real),
                 "index": np.int32(index)}
 
@@ -96,9 +85,9 @@ def make_annotation_iterator(source, batch_size: int, image_size: int, max_masks
         raise ValueError(f"max_masks must be positive, got {max_masks}")
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
-    process_index, process_count = pipeline._process(process_index, process_count)
+    process_index, process_count = resolve_process(process_index, process_count)
     example = _AnnotatedExample(source=source, image_size=image_size, max_masks=max_masks, train=train,
                                 flip=flip, min_area=min_area)
-    ds = pipeline._example_batches(len(source), batch_size, example, train=train, seed=seed, num_epochs=num_epochs,
-                                   process_index=process_index, process_count=process_count)
-    return pipeline._finish(ds, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
+    ds = example_batches(len(source), batch_size, example, train=train, seed=seed, num_epochs=num_epochs,
+                         process_index=process_index, process_count=process_count)
+    return to_iterator(ds, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)

@@ -1,4 +1,8 @@
-"""Input pipelines: TFDS data sources read without TensorFlow, fed through grain.
+"""Input pipelines: TFDS data sources read without TensorFlow, fed through grain; here, classification batches.
+
+The parts live in modules of their own: `sources` (open_source, class_names, cache_in_memory, ...), `order`
+(the streams' order, sharding and seeds), `instances` (images with instance masks, `make_instance_iterator`)
+and `annotations` (SA-1B / COCO annotation files). The names used from outside are importable from here.
 
     src = open_source("vitsam_shapes", split="train", data_dir=DIR)   # prepares the embedded set once
     it = make_iterator(src, batch_size=128, image_size=64, train=True, seed=0,
@@ -43,263 +47,23 @@ from typing import Any, Sequence
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 import threadpoolctl
 
 from vitsam.data import transforms
+from vitsam.data.instances import make_instance_iterator
+from vitsam.data.order import (TrainOrder, check_fills_a_batch, element_seed, index_dataset, position_rng,
+                               resolve_process, to_iterator)
+from vitsam.data.sources import (SHAPES_NAME, InMemorySource, cache_in_memory, class_names, declared_num_classes,
+                                 decode_only, num_classes, open_source)
 
-SHAPES_NAME = "vitsam_shapes"
+__all__ = ["DATASET_CROP_SCALE", "DEFAULT_CROP_SCALE", "InMemorySource", "SHAPES_NAME", "cache_in_memory",
+           "class_names", "declared_num_classes", "make_instance_iterator", "make_iterator", "num_classes",
+           "one_blas_thread", "open_source"]
+
 # Random-resized-crop area fractions when the caller gives none: Inception's (0.08, 1) in general,
 # gentler for the 64 px shapes, where a small crop could cut away the shape that names the label.
 DEFAULT_CROP_SCALE = (0.08, 1.0)
 DATASET_CROP_SCALE = {SHAPES_NAME: (0.6, 1.0)}
-
-
-# ----------------------------------------------------------------------------- sources
-
-
-def open_source(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
-                download: bool = False):
-    """A random-access TFDS source (`tfds.data_source`, array_record; no TensorFlow needed).
-
-    name: a TFDS name, optionally with a config ("vitsam_shapes/small"). "vitsam_shapes" is
-      prepared into `data_dir` the first time (a few tens of seconds). Other datasets must already
-      be prepared there in array_record format unless `download` is True (then TFDS downloads and
-      prepares them, which may take hours for imagenet2012 and needs its manual files).
-    split: a TFDS split, sub-splits allowed ("train[:90%]").
-    data_dir: TFDS data dir; None means TFDS's default (~/tensorflow_datasets).
-    """
-    if data_dir is not None:
-        data_dir = os.path.expanduser(os.fspath(data_dir))
-    if name.split("/")[0] == SHAPES_NAME:
-        from vitsam.data import shapes_builder  # registers the builder with TFDS
-
-        config = name.split("/", 1)[1] if "/" in name else "default"
-        builder = shapes_builder.prepare_shapes(data_dir, config)
-    else:
-        try:
-            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-        except tfds.core.registered.DatasetNotFoundError:
-            raise ValueError(
-                f"unknown TFDS dataset {name!r}: neither a registered TFDS builder nor a prepared "
-                f"dataset in data_dir={data_dir!r}") from None
-        if not builder.is_prepared():
-            if not download:
-                raise FileNotFoundError(
-                    f"TFDS dataset {name!r} is not prepared in {builder.data_dir!s}. Prepare it "
-                    f"there in array_record format (tfds build {name} --file_format=array_record "
-                    f"--data_dir=...), or pass download=True to let TFDS download and prepare it.")
-            builder.download_and_prepare()
-    try:
-        return builder.as_data_source(split=split)
-    except ValueError as e:  # unknown split; TFDS lists the known ones
-        raise ValueError(f"dataset {name!r}: {e}") from None
-    except NotImplementedError as e:  # prepared as tfrecord, which has no random access
-        raise ValueError(
-            f"dataset {name!r} in {builder.data_dir!s} is not stored in a random-access format "
-            f"(array_record): {e}") from None
-
-
-def class_names(source, key: str = "label") -> list[str]:
-    """Names of the ClassLabel feature `key` of a TFDS source."""
-    feature = _features(source)
-    for part in key.split("/"):
-        feature = feature[part]
-        if isinstance(feature, tfds.features.Sequence):
-            feature = feature.feature
-    if not isinstance(feature, tfds.features.ClassLabel):
-        raise ValueError(f"feature {key!r} is a {type(feature).__name__}, not a ClassLabel")
-    return list(feature.names)
-
-
-def num_classes(source, key: str = "label") -> int:
-    return len(class_names(source, key))
-
-
-def declared_num_classes(name: str, data_dir: str | os.PathLike | None = None, key: str = "label") -> int:
-    """The class count a TFDS dataset's builder declares, without reading or preparing any data."""
-    if name.split("/")[0] == SHAPES_NAME:
-        from vitsam.data import shapes_builder  # noqa: F401 - registers the builder with TFDS
-    try:
-        builder = tfds.builder(name, data_dir=None if data_dir is None else os.path.expanduser(os.fspath(data_dir)))
-    except tfds.core.registered.DatasetNotFoundError:
-        raise ValueError(f"unknown TFDS dataset {name!r}") from None
-    try:
-        return int(builder.info.features[key].num_classes)
-    except (KeyError, AttributeError):
-        raise ValueError(f"dataset {name!r} declares no ClassLabel feature {key!r}") from None
-
-
-def _features(source) -> tfds.features.FeaturesDict:
-    info = getattr(source, "dataset_info", None)
-    if info is None:
-        raise ValueError(f"{type(source).__name__} is not a TFDS data source (no dataset_info)")
-    return info.features
-
-
-class _SkipDecoding(tfds.decode.SkipDecoding):
-    """SkipDecoding that also works inside a Sequence on the NumPy path (tfds 4.9.10 lacks the
-    batch methods there)."""
-
-    def decode_batch_example_np(self, serialized_example):
-        return serialized_example
-
-    def decode_ragged_example_np(self, serialized_example):
-        return serialized_example
-
-
-def _skip_all(feature):
-    if isinstance(feature, tfds.features.FeaturesDict):
-        return {k: _skip_all(v) for k, v in feature.items()}
-    if isinstance(feature, tfds.features.Sequence):
-        return _skip_all(feature.feature)
-    return _SkipDecoding()
-
-
-def _decode_only(source, keys: Sequence[str]):
-    """The same TFDS source, decoding only the top-level features `keys` (e.g. no masks for a
-    classifier). Sources that are not TFDS ones, or have their own decoders, are returned as is."""
-    info = getattr(source, "dataset_info", None)
-    if info is None or not hasattr(source, "decoders") or source.decoders is not None:
-        return source
-    features = info.features
-    missing = [k for k in keys if k not in features]
-    if missing:
-        raise ValueError(f"dataset {info.name!r} has no feature {missing}; it has {list(features)}")
-    skip = {k: _skip_all(f) for k, f in features.items() if k not in keys}
-    return dataclasses.replace(source, decoders=skip) if skip else source
-
-
-@dataclasses.dataclass(frozen=True)
-class InMemorySource:
-    """Decoded features held in memory: a random-access source for small datasets (vitsam_shapes
-    train: 12,000 x 64 x 64 x 3 uint8 = 147 MB of images), which skips the per-read record parsing
-    and PNG decoding. A fixed-shape feature is one stacked NumPy array; a nested one (a Sequence
-    such as "objects", a varying number of masks per example) a list with one entry per example.
-    Keeps the TFDS `dataset_info` for class names."""
-
-    columns: dict[str, np.ndarray | list]
-    dataset_info: Any = None
-
-    def __len__(self) -> int:
-        return len(next(iter(self.columns.values())))
-
-    def __getitem__(self, index: int) -> dict:
-        return {k: v[index] for k, v in self.columns.items()}
-
-
-def cache_in_memory(source, keys: Sequence[str] = ("image", "label")) -> InMemorySource:
-    """Reads and decodes the features `keys` of every example once. Array features must have one
-    shape across examples; nested (dict) features, e.g. "objects", are kept per example."""
-    light = _decode_only(source, list(keys))
-    records = [light[i] for i in range(len(light))]
-    columns = {}
-    for key in keys:
-        if records and isinstance(records[0][key], dict):
-            columns[key] = [r[key] for r in records]
-            continue
-        values = [np.asarray(r[key]) for r in records]
-        shapes_seen = {v.shape for v in values}
-        if len(shapes_seen) > 1:
-            raise ValueError(f"cannot cache {key!r}: examples have several shapes "
-                             f"({sorted(shapes_seen)[:3]} ...); read from the source instead")
-        columns[key] = np.stack(values)
-    return InMemorySource(columns, getattr(source, "dataset_info", None))
-
-
-# ----------------------------------------------------------------------------- order
-
-
-def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-    if process_index is None or process_count is None:
-        import jax
-
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, "
-                         f"{process_count}")
-    return process_index, process_count
-
-
-def _check_fills_a_batch(num_examples: int, batch_size: int, process_count: int) -> None:
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if num_examples < batch_size * process_count:
-        raise ValueError(f"{num_examples} examples cannot fill one global batch of {batch_size * process_count} "
-                         f"({process_count} processes x {batch_size})")
-
-
-def _index_dataset(num_examples: int, batch_size: int, *, train: bool, seed: int,
-                   num_epochs: int | None, process_index: int,
-                   process_count: int) -> grain.MapDataset:
-    """MapDataset of (example index, is real) pairs in the order to read. Train: the global stream, the same on
-    every process (`_process_batches` takes a process's rows); eval: this process's examples."""
-    if train:
-        _check_fills_a_batch(num_examples, batch_size, process_count)
-        ds = grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat(num_epochs)  # shuffle uses seed + epoch
-        return ds.map(lambda i: (int(i), True))
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if num_examples == 0:
-        raise ValueError("the eval split is empty")
-    # Pad to whole batches on every process; padded slots read a real example, flagged False.
-    per_step = batch_size * process_count
-    padded = -(-num_examples // per_step) * per_step
-    ds = grain.MapDataset.range(padded)[process_index::process_count]
-    return ds.map(lambda i: (int(i) % num_examples, int(i) < num_examples))
-
-
-def _process_batches(ds: grain.MapDataset, batch_size: int, process_index: int,
-                     process_count: int) -> grain.MapDataset:
-    """This process's batches of the global stream `ds`: element j stacks positions [j B + i b, j B + (i + 1) b)
-    (b = batch_size, B = b x process_count, i = process_index); a last partial global batch is dropped."""
-    ds = ds.batch(batch_size, drop_remainder=True)  # element m: positions [m b, (m + 1) b)
-    return ds[process_index:len(ds) // process_count * process_count:process_count]
-
-
-def _example_batches(num_examples: int, batch_size: int, example, *, train: bool, seed: int,
-                     num_epochs: int | None, process_index: int, process_count: int) -> grain.MapDataset:
-    """This process's batches of `example((index, is_real), rng)`. In training the random map runs over the
-    global stream, so an example's rng is a function of (seed, its global position) only."""
-    ds = _index_dataset(num_examples, batch_size, train=train, seed=seed, num_epochs=num_epochs,
-                        process_index=process_index, process_count=process_count)
-    ds = ds.random_map(example, seed=_element_seed(seed))
-    if train:
-        return _process_batches(ds, batch_size, process_index, process_count)
-    return ds.batch(batch_size)
-
-
-def _element_seed(seed: int) -> int:
-    """A 32-bit seed for per-example and per-batch randomness. ([seed, 0]: process 0's seed from when each process
-    had a stream of its own, so that one process's stream is unchanged.)"""
-    return int(np.random.SeedSequence([seed, 0]).generate_state(1)[0])
-
-
-def _position_rng(seed: int, position: int) -> np.random.Generator:
-    """The generator of the example at `position` of the global training stream: Philox keyed by
-    `_element_seed(seed)`, counting from the position as grain's random_map does, in a lane of its own."""
-    return np.random.Generator(np.random.Philox(_element_seed(seed), counter=[0, 0, 1, position]))
-
-
-def _finish(ds: grain.MapDataset, *, num_threads: int, prefetch: int, worker_count: int):
-    """The iterator over `ds`, a MapDataset of batches. Batched before to_iter_dataset: each element is a whole
-    batch, so threads and worker processes split work by batch and the order never depends on their number."""
-    iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                   prefetch_buffer_size=prefetch))
-    if worker_count > 0:
-        from absl import flags
-
-        if not flags.FLAGS.is_parsed():
-            # Starting grain workers reads absl flags, which raises unless they were parsed (as
-            # absl.app.run does); their defaults are what we want.
-            flags.FLAGS.mark_as_parsed()
-        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=worker_count, per_worker_buffer_size=max(1, prefetch)))
-    return iter(iter_ds)
-
-
-# ----------------------------------------------------------------------------- classification
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,53 +87,6 @@ class _EvalExample:
                 "mask": np.bool_(is_real), "index": np.int32(index)}
 
 
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-@dataclasses.dataclass(frozen=True)
-class _TrainOrder:
-    """The global training stream and this process's part of it: position p is example permutation(p // n)[p % n],
-    each epoch's permutation of the n examples a function of (seed, epoch). Global batch j is positions
-    [j B, (j + 1) B), B = b x process_count; process i reads its rows [i b, (i + 1) b)."""
-
-    num_examples: int
-    batch_size: int
-    seed: int
-    process_index: int
-    process_count: int
-
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.process_count
-
-    @property
-    def first_row(self) -> int:
-        """This process's first row in a global batch."""
-        return self.process_index * self.batch_size
-
-    def num_batches(self, num_epochs: int | None) -> int:
-        if num_epochs is None:
-            return 2**62 // self.global_batch  # endless in practice
-        return num_epochs * self.num_examples // self.global_batch  # a last partial batch is dropped
-
-    def positions(self, batch: int) -> np.ndarray:
-        """(b,) the stream positions of this process's rows of global batch `batch`."""
-        start = batch * self.global_batch + self.first_row
-        return np.arange(start, start + self.batch_size)
-
-    def indices(self, positions: np.ndarray) -> np.ndarray:
-        """(b,) the examples at stream `positions`."""
-        n = self.num_examples
-        epochs, offsets = np.divmod(positions, n)
-        indices = np.empty_like(positions)
-        for epoch in np.unique(epochs):
-            rows = epochs == epoch
-            indices[rows] = _epoch_permutation(self.seed, int(epoch), n)[offsets[rows]]
-        return indices
-
-
 @dataclasses.dataclass(frozen=True)
 class _TrainBatch:
     """global batch number j, its rng -> this process's rows of global batch j
@@ -378,14 +95,14 @@ class _TrainBatch:
     Each example's augmentation (crop box, flip, turn, channel order) comes from one of two rngs. With
     `image_shape`, the (H, W) of every image, known without reading a record: from the global batch's rng (the
     same on every process), drawn row after row from row 0 on, the rows of the processes before this one drawn
-    and dropped. Without it (images of varying size): from the example's own `_position_rng`, so that nothing
+    and dropped. Without it (images of varying size): from the example's own `order.position_rng`, so that nothing
     depends on another process's records.
     `batched` crops and resizes the whole batch with two matrix products per image (`transforms.resize_batch`;
     sources flipped and turned first, the crop box moved with them), otherwise each image goes through PIL
     (crop + resize, flip, turn). The two agree to within one grey level."""
 
     source: Any
-    order: _TrainOrder
+    order: TrainOrder
     image_size: int
     crop_scale: tuple[float, float]
     crop_ratio: tuple[float, float]
@@ -420,7 +137,7 @@ class _TrainBatch:
                     raise ValueError(f"example {index}: image of {image.shape[:2]}, not the declared "
                                      f"{self.image_shape}")
         else:
-            draws = [self._draw(_position_rng(self.order.seed, int(p)), *image.shape[:2])
+            draws = [self._draw(position_rng(self.order.seed, int(p)), *image.shape[:2])
                      for p, image in zip(positions, sources)]
         size = (self.image_size, self.image_size)
         images, boxes, perms = [], [], []
@@ -513,7 +230,7 @@ def make_iterator(source, batch_size: int, image_size: int, *, train: bool, seed
     The iterator has get_state() -> dict (JSON-serializable) and set_state(dict).
     A training iterator sets numpy's BLAS to one thread for the rest of the process (`one_blas_thread`).
     """
-    process_index, process_count = _process(process_index, process_count)
+    process_index, process_count = resolve_process(process_index, process_count)
     if crop_scale is None:
         name = getattr(getattr(source, "dataset_info", None), "name", None)
         crop_scale = DATASET_CROP_SCALE.get(name, DEFAULT_CROP_SCALE)
@@ -525,109 +242,21 @@ def make_iterator(source, batch_size: int, image_size: int, *, train: bool, seed
     if train and batch_augment and rotate90 and shape[0] != shape[1]:
         raise ValueError(f"batch_augment with rotate90 needs square images, got {shape[0]}x{shape[1]}")
     if train:
-        _check_fills_a_batch(len(source), batch_size, process_count)
-        order = _TrainOrder(len(source), batch_size, seed, process_index, process_count)
+        check_fills_a_batch(len(source), batch_size, process_count)
+        order = TrainOrder(len(source), batch_size, seed, process_index, process_count)
         one_blas_thread()
-        source = _decode_only(source, [image_key, label_key])
+        source = decode_only(source, [image_key, label_key])
         make_batch = _TrainBatch(
             source=source, order=order, image_size=image_size, crop_scale=tuple(crop_scale),
             crop_ratio=tuple(crop_ratio), flip=flip, rotate90=rotate90, permute_channels=permute_channels,
             mean=mean, std=std, image_key=image_key, label_key=label_key, batched=bool(batch_augment),
             image_shape=None if shape is None else tuple(shape[:2]))
         ds = grain.MapDataset.range(order.num_batches(num_epochs))  # global batch numbers
-        ds = ds.random_map(make_batch, seed=_element_seed(seed))
-        return _finish(ds, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
-    source = _decode_only(source, [image_key, label_key])
-    ds = _index_dataset(len(source), batch_size, train=False, seed=seed, num_epochs=num_epochs,
-                        process_index=process_index, process_count=process_count)
+        ds = ds.random_map(make_batch, seed=element_seed(seed))
+        return to_iterator(ds, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
+    source = decode_only(source, [image_key, label_key])
+    ds = index_dataset(len(source), batch_size, train=False, seed=seed, num_epochs=num_epochs,
+                       process_index=process_index, process_count=process_count)
     ds = ds.map(_EvalExample(source=source, image_size=image_size, eval_crop_fraction=eval_crop_fraction,
                              mean=mean, std=std, image_key=image_key, label_key=label_key))
-    return _finish(ds.batch(batch_size), num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
-
-
-# ----------------------------------------------------------------------------- instances (SAM)
-
-
-@dataclasses.dataclass(frozen=True)
-class _InstanceExample:
-    """(index, is_real), rng -> fixed-shape image, instance masks, boxes and labels."""
-
-    source: Any
-    image_size: int
-    max_masks: int
-    train: bool
-    flip: bool
-
-    def __call__(self, element, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        index, is_real = element
-        record = self.source[index]
-        size, k = self.image_size, self.max_masks
-        image = transforms.to_rgb(record["image"])
-        objects = record["objects"]
-        masks = [np.asarray(m).reshape(m.shape[:2]) != 0 for m in objects["mask"]]
-        labels = np.asarray(objects["label"], dtype=np.int32).reshape(-1)
-        if image.shape[:2] != (size, size):
-            image = transforms.resize(image, (size, size))
-            masks = [transforms.resize(m, (size, size), nearest=True) for m in masks]
-        if self.train and self.flip and rng.random() < 0.5:
-            image = transforms.horizontal_flip(image)
-            masks = [transforms.horizontal_flip(m) for m in masks]
-
-        out_masks = np.zeros((k, size, size), dtype=bool)
-        boxes = np.zeros((k, 4), dtype=np.float32)
-        out_labels = np.full((k,), -1, dtype=np.int32)
-        valid = np.zeros((k,), dtype=bool)
-        slot = 0
-        for mask, label in zip(masks, labels):
-            if slot == k:
-                break
-            if not mask.any():  # a tiny object can vanish when downscaled
-                continue
-            rows = np.flatnonzero(mask.any(axis=1))
-            cols = np.flatnonzero(mask.any(axis=0))
-            out_masks[slot] = mask
-            boxes[slot] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
-            out_labels[slot] = label
-            valid[slot] = True
-            slot += 1
-        out = {"image": image, "masks": out_masks, "mask_valid": valid, "boxes": boxes,
-               "labels": out_labels, "mask": np.bool_(is_real), "index": np.int32(index)}
-        if "label" in record:
-            out["label"] = np.int32(record["label"])
-        return out
-
-
-def make_instance_iterator(source, batch_size: int, image_size: int, max_masks: int, *,
-                           train: bool, seed: int = 0, num_epochs: int | None = None,
-                           process_index: int | None = None, process_count: int | None = None,
-                           flip: bool = True, num_threads: int = 2, prefetch: int = 4,
-                           worker_count: int = 0):
-    """Batches of images with instance masks, for promptable segmentation (same order, sharding
-    and state as `make_iterator`).
-
-    The source needs "image" and "objects" with "mask" and "label" (as vitsam_shapes has). Yields
-      "image": (b, S, S, 3) uint8 (the model normalizes),
-      "masks": (b, max_masks, S, S) bool, "mask_valid": (b, max_masks) bool,
-      "boxes": (b, max_masks, 4) float32 [x0, y0, x1, y1] pixels of the S x S image, the tight box
-        of the mask (x1, y1 exclusive: last column / row + 1); zeros where not valid,
-      "labels": (b, max_masks) int32 object classes, -1 where not valid,
-      "label": (b,) int32 image label when the source has one, "mask": (b,) bool real example,
-      "index": (b,) int32 position in the split.
-    Objects keep their stored order (vitsam_shapes: the main shape first) and the first max_masks
-    are kept. Images are resized to S x S (bilinear; masks nearest) and, in training, flipped
-    horizontally at random; boxes are computed from the final masks.
-    """
-    if max_masks <= 0:
-        raise ValueError(f"max_masks must be positive, got {max_masks}")
-    features = _features(source)
-    if "objects" not in features or not isinstance(features["objects"], tfds.features.Sequence) \
-            or "mask" not in features["objects"].feature:
-        raise ValueError(f"dataset {source.dataset_info.name!r} has no objects/mask feature")
-    process_index, process_count = _process(process_index, process_count)
-    keys = ["image", "objects"] + (["label"] if "label" in features else [])
-    source = _decode_only(source, keys)
-    example = _InstanceExample(source=source, image_size=image_size, max_masks=max_masks,
-                               train=train, flip=flip)
-    ds = _example_batches(len(source), batch_size, example, train=train, seed=seed, num_epochs=num_epochs,
-                          process_index=process_index, process_count=process_count)
-    return _finish(ds, num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)
+    return to_iterator(ds.batch(batch_size), num_threads=num_threads, prefetch=prefetch, worker_count=worker_count)

@@ -30,6 +30,20 @@ def drop_path(x: jnp.ndarray, rate, rng: jax.Array) -> jnp.ndarray:
     return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
 
 
+def residual_branch(module: nn.Module, branch: jnp.ndarray, deterministic: bool, drop_path_rate=0.0,
+                    dropout: float = 0.0) -> jnp.ndarray:
+    """A block's residual branch before it is added back: dropout, then stochastic depth (`drop_path`).
+
+    Call it inside `module`'s compact method: the dropout layer is its submodule, and the drop-path mask
+    draws from its rng "dropout". Both act only when not `deterministic`; a rate of Python 0 draws nothing.
+    """
+    if dropout:
+        branch = nn.Dropout(dropout)(branch, deterministic=deterministic)
+    if deterministic or (isinstance(drop_path_rate, (int, float)) and drop_path_rate == 0.0):
+        return branch
+    return drop_path(branch, drop_path_rate, module.make_rng("dropout"))
+
+
 class EncoderBlock(nn.Module):
     """One pre-norm block: (B, N, D) -> (B, N, D).
 
@@ -55,10 +69,7 @@ class EncoderBlock(nn.Module):
         norm = lambda name: nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
 
         def residual(branch):
-            branch = nn.Dropout(self.dropout)(branch, deterministic=deterministic)
-            if deterministic or (isinstance(drop_path_rate, (int, float)) and drop_path_rate == 0.0):
-                return branch
-            return drop_path(branch, drop_path_rate, self.make_rng("dropout"))
+            return residual_branch(self, branch, deterministic, drop_path_rate, self.dropout)
 
         y = MultiHeadAttention(
             self.num_heads, implementation=self.attention_impl, sow_weights=self.sow_weights,

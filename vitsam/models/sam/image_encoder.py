@@ -17,29 +17,19 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from vitsam.models.sam.interpolate import resize_linear
 from vitsam.nn import Mlp, PatchEmbedding, dot_product_attention
-from vitsam.nn.encoder import drop_path
+from vitsam.nn.encoder import residual_branch
 
 
 def resize_linear_1d(table: jnp.ndarray, size: int) -> jnp.ndarray:
     """Resample rows of `table` (L, C) to (size, C) by linear interpolation with half-pixel centres.
 
-    The formula of PyTorch's `F.interpolate(mode="linear", align_corners=False)`, which the official code
-    uses to resize relative-position tables: src = (i + 0.5)·L/size − 0.5, clamped at 0.
+    PyTorch's `F.interpolate(mode="linear", align_corners=False)`, which the official code uses to resize
+    relative-position tables, with its weights reproduced exactly (`interpolate.linear_taps`, fused rounding).
     """
-    length = table.shape[0]
-    if length == size:
-        return table
-    # Sizes are static, so indices and weights are numpy constants, rounded as PyTorch's CPU kernel does
-    # (float32 scale, then a fused multiply-add rounded once to float32): its weights are reproduced exactly.
-    scale = np.float64(np.float32(length) / np.float32(size))
-    src = np.maximum(scale * (np.arange(size, dtype=np.float64) + 0.5) - 0.5, 0.0).astype(np.float32)
-    lo = np.floor(src).astype(np.int32)
-    hi = np.minimum(lo + 1, length - 1)
-    frac = jnp.asarray((src - lo)[:, None], table.dtype)
-    return table[lo] * (1.0 - frac) + table[hi] * frac
+    return resize_linear(table, size, axis=0, fused=True)
 
 
 def relative_position_table(rel_pos: jnp.ndarray, size: int) -> jnp.ndarray:
@@ -165,9 +155,7 @@ class EncoderBlock(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     def _residual(self, branch: jnp.ndarray) -> jnp.ndarray:
-        if self.deterministic or self.drop_path_rate == 0.0:
-            return branch
-        return drop_path(branch, self.drop_path_rate, self.make_rng("dropout"))
+        return residual_branch(self, branch, self.deterministic, self.drop_path_rate)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:

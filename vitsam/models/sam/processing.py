@@ -23,6 +23,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from vitsam.models.sam.interpolate import resize_linear
+
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 MASK_THRESHOLD = 0.0
@@ -125,29 +127,15 @@ def apply_boxes(boxes: jnp.ndarray, original_size: tuple[int, int], input_size: 
     return apply_coords(corners, original_size, input_size).reshape(boxes.shape)
 
 
-def _bilinear_taps(in_size: int, out_size: int):
-    """PyTorch's bilinear source taps (align_corners=False): i0, i1 (out,) int32 and the weight of i1 (out,)."""
-    scale = np.float32(in_size) / np.float32(out_size)  # as `area_pixel_compute_scale`, in float32
-    src = np.maximum(scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0)
-    i0 = np.minimum(src.astype(np.int32), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    return i0, i1, (src - i0).astype(np.float32)
-
-
 def resize_bilinear(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
     """(…, h, w) -> (…, H, W) float32 like `F.interpolate(x, size, mode="bilinear", align_corners=False)`.
 
-    No antialiasing when shrinking (as PyTorch); every output pixel mixes at most 2×2 input pixels.
+    No antialiasing when shrinking (as PyTorch); every output pixel mixes at most 2×2 input pixels
+    (`interpolate.resize_linear` along each axis, the source coordinate rounded twice).
     """
     x = x.astype(jnp.float32)
     for axis, out_size in ((-2, size[0]), (-1, size[1])):
-        if x.shape[axis] == out_size:
-            continue  # the taps would be the identity
-        i0, i1, frac = _bilinear_taps(x.shape[axis], out_size)
-        shape = [1] * x.ndim
-        shape[axis] = out_size
-        frac = jnp.asarray(frac).reshape(shape)
-        x = jnp.take(x, jnp.asarray(i0), axis=axis) * (1 - frac) + jnp.take(x, jnp.asarray(i1), axis=axis) * frac
+        x = resize_linear(x, out_size, axis=axis, fused=False)
     return x
 
 
