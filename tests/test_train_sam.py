@@ -218,7 +218,7 @@ def test_layer_ids_and_per_parameter_learning_rates():
 
 
 def test_refinement_slots_are_uniform_among_the_eligible_masks():
-    from train.sam import _pick_slots, _unique_class
+    from train.sam_task import _pick_slots, _unique_class
 
     labels = jnp.array([[2, 0, 2, 5], [1, 3, 4, 4]])
     valid = jnp.array([[True, True, True, True], [True, True, True, False]])

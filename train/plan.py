@@ -21,7 +21,6 @@ import os
 import re
 import time
 from importlib import metadata
-from pathlib import Path
 from typing import Callable
 
 import jax
