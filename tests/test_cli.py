@@ -92,3 +92,17 @@ def test_help_and_argument_errors_are_fast_and_import_no_jax():
     assert no_image["code"] == 2 and "required: image" in no_image["err"]
     assert heavy == []
     assert seconds < 2, seconds
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["classify", "x.png", "--num-classes", "0"], "--num-classes: must be at least 1, got 0"),
+    (["classify", "x.png", "--top", "-2"], "--top: must be at least 1, got -2"),
+    (["convert", "a.npz", "b", "--image-size", "big"], "--image-size: expected a whole number, got 'big'"),
+])
+def test_counts_below_one_are_argument_errors(argv, message, capsys):
+    from vitsam.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err

@@ -177,12 +177,23 @@ def _read_image(path):
         raise SystemExit(f"vitsam: cannot read image {path}: {e}") from None
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_vit_args(p, default_variant="Ti/16"):
     p.add_argument("--checkpoint", help="a training workdir, a `vitsam convert` folder, or a ViT .npz/.pth/.safetensors")
     p.add_argument("--variant", default=default_variant,
                    help="without --checkpoint: a random ViT of this variant (Ti/16, S/16, B/16, B/32, L/16, H/14)")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--image-size", type=_positive_int, default=224)
+    p.add_argument("--num-classes", type=_positive_int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
 
 
@@ -200,15 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="run a ViT on an image and print the top classes")
     p.add_argument("image")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=_positive_int, default=5, help="how many classes to print")
     _add_vit_args(p)
     p.set_defaults(func=_classify)
 
     p = sub.add_parser("convert", help="import official weights (SAM .pth, ViT .npz / timm) into an orbax folder")
     p.add_argument("src", help="sam_vit_*.pth, a vit_jax / big_vision .npz, or a timm .pth / .safetensors")
     p.add_argument("dst", help="destination folder (loads with --checkpoint, vitsam.convert.load_model)")
-    p.add_argument("--image-size", type=int, help="ViT: resample the position table to this resolution")
-    p.add_argument("--num-classes", type=int, help="ViT: a fresh zero head with this many classes")
+    p.add_argument("--image-size", type=_positive_int, help="ViT: resample the position table to this resolution")
+    p.add_argument("--num-classes", type=_positive_int, help="ViT: a fresh zero head with this many classes")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("segment", help="segment an image with SAM from point / box / text prompts (PNG masks, overlay)")
