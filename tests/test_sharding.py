@@ -153,6 +153,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.multihost  # two ~45-s subprocesses: in the scale-out stage, not the default suite
 def test_live_shardings_of_vit_b16_and_sam_vit_b_follow_the_rules(tmp_path):
     """Params born sharded on 8 devices (data 2 × fsdp 4): each live array has the spec a naive reading of the
     rules gives, its shard has the matching shape, and Adam's moments have their parameter's spec."""
