@@ -74,3 +74,20 @@ def test_tiny_sam_plan_for_tpu_v5e_2x2(tmp_path):
     shapes = jax.eval_shape(lambda: sam_init(model, jax.random.PRNGKey(0)))["params"]
     assert out["per_device_bytes"]["params"] == sharded_bytes(shapes, 2, 1024)
     assert out["flops_per_step"] > 0 and out["xla_flops"] > 0
+
+
+def test_a_step_too_big_for_the_chip_is_a_plan_that_does_not_fit(tmp_path):
+    """XLA refuses to compile a step whose temporaries exceed a v5e chip's HBM: the plan still comes out, with
+    fits false, the refusal and the temporaries it names (16,384 images of 224 px per chip)."""
+    pytest.importorskip("libtpu")
+    args = ["--config.model.width=64", "--config.model.depth=2", "--config.model.mlp_dim=128",
+            "--config.model.num_heads=2", "--config.data.image_size=224", "--config.batch_size=65536",
+            "--config.mesh.data=4"]
+    result = subprocess.run([sys.executable, "-m", "train.vit", f"--workdir={tmp_path}", "--compile_for=tpu:v5e:2x2",
+                             *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads((tmp_path / "compile_plan.json").read_text())
+    assert out["fits"] is False and "RESOURCE_EXHAUSTED" in out["compiler_refusal"]
+    assert out["per_device_bytes"]["temporaries"] > 16 * 2**30
+    assert out["per_device_bytes"]["batch"] == 16384 * 224 * 224 * 3 * 4
+    assert "fits                  NO" in result.stdout

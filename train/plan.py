@@ -60,6 +60,7 @@ def prepare_platform(target: str) -> None:
     chips = math.prod(int(n) for n in topology.split("x"))
     os.environ["TPU_SKIP_MDS_QUERY"] = "1"  # not on a TPU VM: no metadata server to ask
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiling needs no chip: never wait for another process's lock
     os.environ.setdefault("TPU_ACCELERATOR_TYPE",
                           _ACCELERATOR_TYPE[gen].format(chips=chips, cores=chips * TPU_CHIPS[gen][1]))
     for var in ("TPU_STDERR_LOG_LEVEL", "TPU_MIN_LOG_LEVEL", "TF_CPP_MIN_LOG_LEVEL"):
@@ -113,7 +114,14 @@ def compile_plan(cfg, workdir, target: str, make_task: Callable, *, model_fields
     status(f"compiling the train step for {target} ({len(devices)} × {kind}, mesh {axes}, "
            f"global batch {cfg.batch_size}) ...")
     t0 = time.perf_counter()
-    compiled = setup.train_step.lower(setup.abstract, batch).compile()
+    lowered = setup.train_step.lower(setup.abstract, batch)
+    try:
+        compiled = lowered.compile()
+        refusal = None
+    except Exception as e:  # noqa: BLE001 - XLA refuses programs that exceed the device's memory
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        compiled, refusal = None, " ".join(str(e).split())[:1000]
     seconds = time.perf_counter() - t0
 
     plain = task
@@ -126,12 +134,19 @@ def compile_plan(cfg, workdir, target: str, make_task: Callable, *, model_fields
     kw = {} if plain.constants is None else {"constants": setup.abstract.constants}
     flops = bench.matmul_flops(grad, setup.abstract.params, task.batch_spec(cfg.batch_size), rng, **kw)
 
-    mem = compiled.memory_analysis()
     params = sharding.per_device_bytes(setup.abstract.params)
     optimizer = sharding.per_device_bytes(setup.abstract.opt_state)
-    total = int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                - mem.alias_size_in_bytes)
-    xla = bench.xla_cost(compiled).get("flops")
+    if compiled is not None:
+        mem = compiled.memory_analysis()
+        sizes = {"arguments": int(mem.argument_size_in_bytes), "temporaries": int(mem.temp_size_in_bytes),
+                 "outputs": int(mem.output_size_in_bytes), "aliased": int(mem.alias_size_in_bytes)}
+        total = sizes["arguments"] + sizes["outputs"] + sizes["temporaries"] - sizes["aliased"]
+        xla = bench.xla_cost(compiled).get("flops")
+    else:  # what the refusal says the temporaries would need, e.g. "HLO temporaries (20.51G) exceeds ..."
+        found = re.search(r"temporaries \(([\d.]+)([KMGT])\)", refusal)
+        temps = None if found is None else int(float(found[1]) * 2 ** (10 * " KMGT".index(found[2])))
+        sizes = {"arguments": None, "temporaries": temps, "outputs": None, "aliased": None}
+        total, xla = None, None
     plan = {
         "target": target, "device_kind": kind, "num_devices": len(devices), "mesh": dict(setup.mesh.shape),
         "sharding_rules": [list(r) for r in loop.sharding_rules(cfg)],
@@ -139,12 +154,10 @@ def compile_plan(cfg, workdir, target: str, make_task: Callable, *, model_fields
             math.prod(setup.mesh.shape[a] for a in setup.batch_sharding.spec[0])),
         "per_device_bytes": {
             "params": params, "optimizer": optimizer,
-            "batch": int(sum(sharding.per_device_bytes(x) for x in batch.values())),
-            "arguments": int(mem.argument_size_in_bytes), "temporaries": int(mem.temp_size_in_bytes),
-            "outputs": int(mem.output_size_in_bytes), "aliased": int(mem.alias_size_in_bytes),
-            "total": total},
+            "batch": int(sum(sharding.per_device_bytes(x) for x in batch.values())), **sizes, "total": total},
         "device_memory_bytes": device_memory,
-        "fits": bool(device_memory is not None and total <= device_memory),
+        "fits": bool(refusal is None and device_memory is not None and total <= device_memory),
+        "compiler_refusal": refusal,
         "flops_per_step": int(flops),
         "xla_flops": None if xla is None else float(xla) * len(devices),
         "compile_seconds": round(seconds, 1),
@@ -180,7 +193,8 @@ def plan_table(plan: dict) -> str:
             ("params / device", _gib(b["params"])), ("optimizer / device", _gib(b["optimizer"])),
             ("batch / device", _gib(b["batch"])), ("temporaries / device", _gib(b["temporaries"])),
             ("total / device", _gib(b["total"])), ("device memory", _gib(plan["device_memory_bytes"])),
-            ("fits", "yes" if plan["fits"] else "NO"),
+            ("fits", "yes" if plan["fits"] else "NO" + (" (XLA refused: the step exceeds the device memory)"
+                                                          if plan["compiler_refusal"] else "")),
             ("model TFLOP / step", f"{plan['flops_per_step'] / 1e12:,.2f}"),
             ("XLA TFLOP / step", "—" if plan["xla_flops"] is None else f"{plan['xla_flops'] / 1e12:,.2f}"),
             ("compile", f"{plan['compile_seconds']} s")]
