@@ -89,5 +89,5 @@ def test_a_step_too_big_for_the_chip_is_a_plan_that_does_not_fit(tmp_path):
     out = json.loads((tmp_path / "compile_plan.json").read_text())
     assert out["fits"] is False and "RESOURCE_EXHAUSTED" in out["compiler_refusal"]
     assert out["per_device_bytes"]["temporaries"] > 16 * 2**30
-    assert out["per_device_bytes"]["batch"] == 16384 * 224 * 224 * 3 * 4
+    assert out["per_device_bytes"]["batch"] == 16384 * (224 * 224 * 3 + 1) * 4  # images and labels
     assert "fits                  NO" in result.stdout
