@@ -1,18 +1,21 @@
-"""Fine-tune the official SAM ViT-H on SA-1B-format data with FSDP: one 8×H100 host, or a TPU v5e-64 slice.
+"""Fine-tune the official SAM ViT-H on SA-1B-format data with FSDP on one 8×H100 host (or across GPU nodes).
 
 Prepare:  vitsam convert sam_vit_h_4b8939.pth /ckpt/sam_vit_h          # the official checkpoint, once
 Run:      8×H100, one process drives all eight GPUs:
               python -m train.sam --config configs/sam_vit_h_sa1b_fsdp.py --workdir /ckpt/sam_h_ft \
                   --config.init_from=/ckpt/sam_vit_h --config.data.train_path=/data/sa1b/train \
                   --config.data.eval_path=/data/sa1b/val
-          TPU v5e-64 (16 hosts), the same command on every worker with --config.batch_size=64
-              --config.mesh.fsdp=16 (gcloud compute tpus tpu-vm ssh NAME --worker=all --command="...");
-          SLURM across GPU nodes: srun --ntasks-per-node=1 python -m train.sam ... (auto-detected).
+          SLURM across GPU nodes: srun --ntasks-per-node=1 python -m train.sam ... (auto-detected), with
+          --config.batch_size = 1 image per GPU × GPUs.
 Plan:     python -m train.sam --config configs/sam_vit_h_sa1b_fsdp.py --workdir /tmp/plan \
-              --compile_for=tpu:v5e:8x8 --config.batch_size=64 --config.mesh.fsdp=16
-          Measured 2026-12-03 (jax 0.10.2, libtpu 0.0.42.1): benchmarks/compile_plans.md. JAX cannot compile
-          for GPUs without one; the 8-chip TPU plan (tpu:v5e:2x4, the same mesh) is the nearest stand-in for the
-          per-device parameter and optimizer bytes, which do not depend on the compiler.
+              --compile_for=tpu:v5e:4x4 --config.batch_size=16 --config.mesh.fsdp=16
+          Measured 2026-12-03 (jax 0.10.2, libtpu 0.0.42.1; benchmarks/compile_plans.md): on TPU v5e XLA refuses
+          this step at one image per chip — its temporaries (16 masks × 11 rounds, 1024 px) need 20.51 GiB of a
+          v5e chip's 15.75 GiB usable HBM. So a v5e slice needs fewer masks or rounds per image
+          (data.max_masks, sim.num_rounds; check with --compile_for first) or v5p / v6e chips; an 80 GB H100
+          holds it (an inference: JAX cannot compile for GPUs without one, and the GPU compiler's temporaries
+          differ from the TPU's). Parameters and AdamW state per device do not depend on the compiler:
+          641 M parameters → 0.3 GiB + 0.6 GiB per device over fsdp 8.
 Hardware: per image and step the encoder runs once at 1024 px (5.9 TFLOP forward for vit_h) and the decoder
           16 masks × 11 rounds; parameters 641 M (2.6 GB in float32, AdamW moments 5.1 GB more), sharded over
           fsdp with the default rule.
