@@ -25,6 +25,9 @@ import numpy as np
 
 from vitsam.models.sam.interpolate import resize_linear
 
+# Point labels of SAM's prompts (the official encoding): padding, background click, foreground click, box corners.
+PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
+
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 MASK_THRESHOLD = 0.0

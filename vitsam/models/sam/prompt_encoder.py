@@ -12,11 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Point labels (processing.py owns SAM's prompt vocabulary): as in the official SamPredictor (1 foreground,
+# 0 background, -1 padding / not-a-point) and the box corners (2 top-left, 3 bottom-right).
+from vitsam.models.sam.processing import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE  # noqa: F401
 from vitsam.nn import get_activation
-
-# Point labels: as in the official SamPredictor (1 foreground, 0 background, -1 padding / not-a-point) and
-# the box corners (2 top-left, 3 bottom-right).
-PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
 
 
 def fourier_features(coords: jnp.ndarray, gaussian: jnp.ndarray) -> jnp.ndarray:

@@ -29,7 +29,8 @@ import numpy as np
 
 from vitsam.models.sam.image_encoder import ImageEncoder
 from vitsam.models.sam.mask_decoder import MaskDecoder
-from vitsam.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, PAD, PromptEncoder
+from vitsam.models.sam.processing import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, PAD
+from vitsam.models.sam.prompt_encoder import PromptEncoder
 from vitsam.models.sam.text_encoder import TextEncoder, tokenize
 
 # The label text tokens carry in `padding_weights`: never padding, never a box corner.
