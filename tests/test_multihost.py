@@ -99,11 +99,26 @@ def kill_after_checkpoint(procs, workdir, step):
 
 
 @pytest.fixture(scope="module")
-def vit_reference(tmp_path_factory, data_dir):
-    """24 steps of train.vit on 1 process × 8 devices, data-parallel: the losses every other layout must give."""
+def vit_reference_run(tmp_path_factory, data_dir):
+    """24 steps of train.vit on 1 process × 8 devices, data-parallel: (workdir, the losses every other layout
+    must give)."""
     work = tmp_path_factory.mktemp("vit_ref")
     train("vit", work, [*VIT, *DP, f"--config.data.data_dir={data_dir}", "--config.total_steps=24"])
-    return losses(work)
+    return work, losses(work)
+
+
+@pytest.fixture(scope="module")
+def vit_reference(vit_reference_run):
+    return vit_reference_run[1]
+
+
+def test_vit_fine_tunes_from_a_training_workdir_at_another_image_size(tmp_path, data_dir, vit_reference_run):
+    """`--config.init_from` = a workdir (as a `vitsam convert` folder), 48-px data for a 32-px run, on 2 × 4 FSDP."""
+    args = [*VIT, *FSDP, f"--config.data.data_dir={data_dir}", f"--config.init_from={vit_reference_run[0]}",
+            "--config.data.image_size=48", "--config.total_steps=2"]
+    train("vit", tmp_path, args, processes=2, devices=4)
+    spec = json.loads((tmp_path / "model.json").read_text())
+    assert spec["fields"]["image_size"] == 48 and spec["fields"]["width"] == 32
 
 
 def test_vit_losses_agree_on_2x4_fsdp_1x8_data_parallel_and_1x1(tmp_path, data_dir, vit_reference):

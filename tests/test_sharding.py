@@ -234,6 +234,7 @@ def test_compile_for_a_tpu_without_libtpu_is_a_clear_error():
         plan.prepare_platform("tpu:v5e:2x2")
 
 
+@pytest.mark.multihost  # a 10-20 s compile in a subprocess: in the scale-out stage
 def test_compile_only_plan_for_eight_cpu_devices(tmp_path):
     """`--compile_for=cpu:8` with FSDP: no data is read (the data_dir does not exist), the plan's parameter bytes
     per device equal a count from the architecture (fsdp-sharded kernels in quarters), and it fits."""

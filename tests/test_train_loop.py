@@ -140,6 +140,36 @@ def test_a_workdir_of_another_model_is_refused_before_anything_changes(tmp_path)
     (tmp_path / "model.json").write_bytes(before)
 
 
+def test_the_loss_receives_the_states_constants_not_the_tasks(tmp_path):
+    """Task constants are saved in the state; the step and eval hand the state's copy to loss_fn / eval_fn (after a
+    resume: the restored one), never the task's own."""
+    import dataclasses
+
+    import optax
+
+    from train.loop import TrainState, make_eval_step, make_train_step
+
+    base = fx.task()
+    def loss_fn(params, batch, rng, constants):
+        loss, aux = base.loss_fn(params, batch, rng)
+        return loss * constants["scale"], aux
+
+    def eval_fn(params, batch, constants):
+        return {"scale": jnp.broadcast_to(constants["scale"], batch["label"].shape)}
+
+    task = dataclasses.replace(base, loss_fn=loss_fn, eval_fn=eval_fn, constants={"scale": np.float32(1.0)})
+    params = jax.jit(task.init_params)(jax.random.PRNGKey(0))
+    tx = optax.sgd(0.0)
+    batch = next(task.train_iterator(8))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       constants={"scale": jnp.float32(3.0)})
+    _, metrics = jax.jit(make_train_step(task, tx, lambda s: 0.0, 1, jax.random.PRNGKey(1)))(state, batch)
+    plain = base.loss_fn(params, batch, jax.random.fold_in(jax.random.PRNGKey(1), 0))[0]
+    np.testing.assert_allclose(metrics["loss"], 3.0 * plain, rtol=1e-6)
+    sums, weights, _ = make_eval_step(task)(params, batch, state.constants)
+    assert float(sums["scale"]) == 3.0 * float(weights["scale"])
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     full = loop.run(fx.config(total_steps=6, accum=1), tmp_path / "a", fx.task())
     accum = loop.run(fx.config(total_steps=6, accum=4), tmp_path / "b", fx.task())
