@@ -176,3 +176,15 @@ def test_a_dead_process_stops_the_other_and_the_same_command_resumes(tmp_path, d
     args[-1] = "--config.total_steps=12"
     out = train("vit", tmp_path, args, processes=2, devices=4)
     assert "resumed from step" in out
+
+
+def test_a_workdir_saved_on_8_devices_loads_as_a_model_in_a_1_device_process(vit_reference_run):
+    script = ("import jax, sys; from vitsam.convert import load_model; "
+              "m, v, kind = load_model(sys.argv[1]); "
+              "print(kind, len(jax.devices()), sum(x.size for x in jax.tree.leaves(v['params'])))")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", script, str(vit_reference_run[0])], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    kind, devices, size = result.stdout.split()[-3:]
+    assert kind == "vit" and devices == "1" and int(size) > 10_000

@@ -77,9 +77,14 @@ class Checkpointer:
         return aside
 
     def read(self, step: int):
-        """(state, data) of one step, restored without a target (arrays on the default device)."""
+        """(state, data) of one step, every array whole on this process's first device, whatever mesh or number
+        of processes saved it (the shapes and dtypes come from the checkpoint's metadata)."""
+        metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state")
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              getattr(metadata, "item_metadata", metadata))
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
         return restored["state"], restored["data"]
 
     def wait(self) -> None:
