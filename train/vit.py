@@ -41,7 +41,7 @@ def build_model(cfg, num_classes: int):
     if not cfg.init_from:
         return vit_variant(cfg.model.variant, num_classes=num_classes, image_size=cfg.data.image_size, **overrides), None
     from vitsam.convert import load_model, load_vit_checkpoint
-    from vitsam.convert.vit import adapt_vit
+    from vitsam.convert.vit_adapt import adapt_vit
 
     if Path(cfg.init_from).expanduser().is_dir():  # a `vitsam convert` folder or a training workdir
         model, variables, kind = load_model(cfg.init_from)

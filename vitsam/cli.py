@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from pathlib import Path
 
 # Light imports only (argparse, the bench options): `vitsam --help` and argument errors must not wait for
@@ -79,15 +81,20 @@ def _segment(args) -> int:
     from PIL import Image
 
     from vitsam.convert import load_model
+    from vitsam.models.sam.text_encoder import split_words
     from vitsam.overlay import mask_image, overlay
-    from vitsam.predictor import SamPredictor
+    from vitsam.predictor import SamPredictor, check_prompts
 
+    # Every check that needs no image embedding runs first: the image encoder takes up to a minute.
     points = [_numbers(text, "--point", (2, 3), "x,y[,label]") for text in args.point]
     labels = [1 if len(p) == 2 else p[2] for p in points]
     if any(label not in (0, 1) for label in labels):
         raise ValueError(f"--point labels must be 1 (foreground) or 0 (background), got {labels}")
     boxes = [_numbers(text, "--box", (4,), "x0,y0,x1,y1") for text in args.box]
     texts = list(args.text)
+    for text in texts:
+        if not split_words(text):
+            raise ValueError(f"--text {text!r} is empty (no letters or digits): give a phrase such as 'a red square'")
     if not (points or boxes or texts):
         raise ValueError("no prompt: give --point x,y[,label] (repeatable), --box x0,y0,x1,y1 or --text TEXT")
     # One prompt set per box / text; the points (one set) and a single box or text go with every set.
@@ -104,10 +111,17 @@ def _segment(args) -> int:
     if texts:
         prompts["text"] = texts * n if len(texts) == 1 else texts
 
+    out = Path(args.out)
+    _check_out_folder(out)
     image = _read_image(args.image)
     model, variables, kind = load_model(args.checkpoint)
     if kind != "sam":
         raise ValueError(f"{args.checkpoint} holds a {kind} model, not a SAM")
+    if texts and not model.text:
+        raise ValueError(f"--text needs a SAM with a text encoder, and {args.checkpoint} has none: "
+                         f"use --point or --box")
+    check_prompts(model, image.shape[:2], **prompts)  # e.g. a point outside the image
+
     predictor = SamPredictor(model, variables)
     predictor.set_image(image)
     # Ambiguous prompts (one point, or a class name alone: `train.sam` trains text on the three candidates)
@@ -116,7 +130,6 @@ def _segment(args) -> int:
     multimask = ambiguous if args.multimask is None else args.multimask
     masks, iou, _ = predictor.predict(**prompts, multimask_output=multimask)  # (n, C, H, W), (n, C)
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         for c in range(masks.shape[1]):
@@ -164,13 +177,23 @@ def _vit_for(args, vit_variant, jax):
     return model, variables, f"ViT-{args.variant}, random init (seed {args.seed})"
 
 
+def _check_out_folder(out: Path) -> None:
+    """A ValueError now, rather than after the slow work, if --out cannot become a folder to write in (its
+    nearest existing path must be a writable folder). Creates nothing."""
+    existing = next(p for p in (out, *out.parents) if p.exists())  # exists() is False below a file
+    if not existing.is_dir():
+        where = "is a file" if existing == out else f"lies under the file {existing}"
+        raise ValueError(f"--out {out} {where}: give a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write in {existing} (permission denied)")
+
+
 def _read_image(path):
-    import numpy as np
-    from PIL import Image
+    """An image file -> (H, W, 3) uint8 RGB as displayed (`vitsam.images.read_image`), or a one-line exit."""
+    from vitsam.images import read_image
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        return read_image(path)
     except FileNotFoundError:
         raise SystemExit(f"vitsam: no such image: {path}") from None
     except OSError as e:
@@ -249,11 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:  # bad input: one clear line
-        print(f"vitsam {args.command}: error: {e}", file=sys.stderr)
-        return 2
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"vitsam {args.command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line
+        try:
+            return args.func(args)
+        except (ValueError, FileNotFoundError, FileExistsError, KeyError, ImportError, NotImplementedError) as e:
+            # bad input, or a missing optional package: one clear line
+            print(f"vitsam {args.command}: error: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

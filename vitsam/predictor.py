@@ -17,6 +17,9 @@ Coordinates are (x, y) pixels of the original image, as in the official `SamPred
 (padding, ignored). A single prompt is unbatched: point_coords (P, 2), point_labels (P,), box (4,),
 text a string, mask_input (1, m, m) or (m, m); a batch of N prompt sets adds a leading N: (N, P, 2), (N, P),
 (N, 4), a list of N strings, (N, m, m); all given prompts must agree. m = `model.mask_input_size`.
+Each prompt set needs a real prompt (not only padding points, not a text without words), and mask_input
+must be finite. `check_prompts(model, (H, W), ...)` runs these checks without an image embedding, e.g.
+before the slow encoder.
 
 Compiles: the image encoder compiles once per encoder batch size (images are resized and padded to the fixed
 S × S input first; the cheap pre-processing compiles once per image size). The decoder compiles once per
@@ -35,8 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitsam.models.sam import processing
+from vitsam.models.sam.text_encoder import split_words
 
 _LABELS = (-1, 0, 1, 2, 3)
+_NO_TEXT_ENCODER = "this model has no text encoder: text prompts need a Sam built with text=True"
 
 
 def bucket(n: int) -> int:
@@ -150,9 +155,10 @@ class SamPredictor:
         float32 — with a leading N when the prompts are batched. C = 3 with `multimask_output`, else 1.
         """
         if text is not None and not self.model.text:
-            raise ValueError("this model has no text encoder: text prompts need a Sam built with text=True")
+            raise ValueError(_NO_TEXT_ENCODER)
         self._require_image(image_index)
-        prompts, batched = self._check_prompts(point_coords, point_labels, box, mask_input, text, image_index)
+        prompts, batched = check_prompts(self.model, self._original_sizes[image_index], point_coords, point_labels,
+                                         box, mask_input, text)
         n = next(len(v) for v in prompts.values())
         masks, ious, lows = [], [], []
         for start in range(0, n, self.max_prompts):
@@ -187,97 +193,6 @@ class SamPredictor:
         # Transfer whole buckets and slice on the host: slicing on device would compile once per n.
         return np.asarray(masks)[:n], np.asarray(iou)[:n], np.asarray(low, np.float32)[:n]
 
-    def _check_prompts(self, point_coords, point_labels, box, mask_input, text, image_index):
-        """Validate and normalize the prompts -> ({name: array with a leading N}, batched)."""
-        h, w = self._original_sizes[image_index]
-        m = self.model.mask_input_size
-        out, batched = {}, {}
-
-        if (point_coords is None) != (point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
-        if point_coords is not None:
-            coords = np.asarray(point_coords, np.float64)
-            labels = np.asarray(point_labels)
-            if coords.ndim not in (2, 3) or coords.shape[-1] != 2:
-                raise ValueError(f"point_coords must be (P, 2) or (N, P, 2) (x, y) pixels, got shape {coords.shape}")
-            if labels.shape != coords.shape[:-1]:
-                raise ValueError(f"point_labels must have shape {coords.shape[:-1]} to match point_coords "
-                                 f"{coords.shape}, got {labels.shape}")
-            if coords.shape[-2] == 0:
-                raise ValueError("point_coords holds no points")
-            if not np.all(np.isin(labels, _LABELS)):
-                bad = sorted(set(np.asarray(labels).ravel().tolist()) - set(_LABELS))
-                raise ValueError(f"point labels must be 1 (foreground), 0 (background), 2 / 3 (box corners) or "
-                                 f"-1 (padding), got {bad}")
-            real = labels != -1
-            if not np.all(np.isfinite(coords[real])):
-                raise ValueError("point_coords must be finite")
-            outside = real & ((coords[..., 0] < 0) | (coords[..., 0] > w) | (coords[..., 1] < 0) | (coords[..., 1] > h))
-            if np.any(outside):
-                x, y = coords[outside][0]
-                raise ValueError(f"point ({x:g}, {y:g}) lies outside the {w}x{h} (width x height) image; "
-                                 f"coordinates are (x, y) pixels of the original image")
-            batched["point_coords"] = coords.ndim == 3
-            out["point_coords"] = np.asarray(coords.reshape(-1, *coords.shape[-2:]), np.float32)
-            out["point_labels"] = labels.reshape(-1, labels.shape[-1]).astype(np.int32)
-
-        if box is not None:
-            boxes = np.asarray(box, np.float64)
-            if boxes.ndim not in (1, 2) or boxes.shape[-1] != 4:
-                raise ValueError(f"box must be (4,) or (N, 4) as x0, y0, x1, y1, got shape {boxes.shape}")
-            b = boxes.reshape(-1, 4)
-            if not np.all(np.isfinite(b)):
-                raise ValueError("box must be finite")
-            inverted = (b[:, 0] > b[:, 2]) | (b[:, 1] > b[:, 3])
-            if np.any(inverted):
-                raise ValueError(f"box must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1, "
-                                 f"got {b[inverted][0].tolist()}")
-            outside = np.any(b < 0, axis=1) | (b[:, 2] > w) | (b[:, 3] > h)
-            if np.any(outside):
-                raise ValueError(f"box {b[outside][0].tolist()} lies outside the {w}x{h} (width x height) image; "
-                                 f"coordinates are (x, y) pixels of the original image")
-            batched["box"] = boxes.ndim == 2
-            out["box"] = b.astype(np.float32)
-
-        if text is not None:
-            if isinstance(text, str):
-                texts, batched["text"] = [text], False
-            elif isinstance(text, (list, tuple)) and text and all(isinstance(t, str) for t in text):
-                texts, batched["text"] = list(text), True
-            else:
-                raise ValueError("text must be a string or a non-empty list of strings")
-            out["text_ids"] = np.asarray(self.model.tokenize(texts), np.int32)
-
-        if mask_input is not None:
-            mask = np.asarray(mask_input, np.float32)
-            if mask.shape[-2:] != (m, m) or mask.ndim not in (2, 3, 4) or (mask.ndim == 4 and mask.shape[1] != 1):
-                raise ValueError(f"mask_input must be low-res logits ({m}, {m}), (1, {m}, {m}), (N, {m}, {m}) or "
-                                 f"(N, 1, {m}, {m}) (e.g. a previous low_res_logits), got shape {mask.shape}")
-            if mask.ndim == 2:
-                mask_batched, mask = False, mask[None]
-            elif mask.ndim == 4:
-                mask_batched, mask = True, mask[:, 0]
-            else:  # (k, m, m): batched if the other prompts are, or if k > 1 when it is the only prompt
-                others = set(batched.values())
-                mask_batched = others == {True} or (not others and mask.shape[0] > 1)
-                if not mask_batched and mask.shape[0] != 1:
-                    raise ValueError(f"a single prompt takes mask_input (1, {m}, {m}) or ({m}, {m}), "
-                                     f"got shape {mask.shape}")
-            batched["mask_input"] = mask_batched
-            out["mask_input"] = mask
-
-        if not out:
-            raise ValueError("no prompt given: pass point_coords + point_labels, box, mask_input or text")
-        if len(set(batched.values())) > 1:
-            kinds = ", ".join(f"{k} {'batched' if v else 'single'}" for k, v in batched.items())
-            raise ValueError(f"mix of single and batched prompts ({kinds}); give all with a leading N or none")
-        sizes = {k: len(v) for k, v in out.items()}
-        if len(set(sizes.values())) > 1:
-            raise ValueError(f"batched prompts disagree on N: {sizes}")
-        if min(sizes.values()) == 0:
-            raise ValueError("the batch of prompts is empty (N = 0)")
-        return out, next(iter(batched.values()))
-
 
 # The jitted steps are module-level with the model as a static argument, so predictors of equal models
 # (e.g. the same checkpoint loaded twice) share compiled programs.
@@ -306,6 +221,118 @@ def _decode(model, variables, embedding, scale, point_coords=None, point_labels=
         mask_input = mask_input[..., None]
     return model.apply(variables, emb, point_coords, point_labels, box, mask_input, text_ids, multimask_output,
                        method=model.decode)
+
+
+def check_prompts(model, original_size: tuple[int, int], point_coords=None, point_labels=None, box=None,
+                  mask_input=None, text=None) -> tuple[dict, bool]:
+    """Validate and normalize `predict`'s prompts for an image of `original_size` (H, W) and a `Sam` model
+    -> ({name: array with a leading N}, batched), or a one-line ValueError.
+
+    Needs no image embedding, so callers can check prompts before the (slow) image encoder runs.
+    """
+    h, w = original_size
+    m = model.mask_input_size
+    out, batched = {}, {}
+
+    if (point_coords is None) != (point_labels is None):
+        raise ValueError("point_coords and point_labels must be given together")
+    if point_coords is not None:
+        coords = np.asarray(point_coords, np.float64)
+        labels = np.asarray(point_labels)
+        if coords.ndim not in (2, 3) or coords.shape[-1] != 2:
+            raise ValueError(f"point_coords must be (P, 2) or (N, P, 2) (x, y) pixels, got shape {coords.shape}")
+        if labels.shape != coords.shape[:-1]:
+            raise ValueError(f"point_labels must have shape {coords.shape[:-1]} to match point_coords "
+                             f"{coords.shape}, got {labels.shape}")
+        if coords.shape[-2] == 0:
+            raise ValueError("point_coords holds no points")
+        if not np.all(np.isin(labels, _LABELS)):
+            bad = sorted(set(np.asarray(labels).ravel().tolist()) - set(_LABELS))
+            raise ValueError(f"point labels must be 1 (foreground), 0 (background), 2 / 3 (box corners) or "
+                             f"-1 (padding), got {bad}")
+        real = labels != -1
+        if not np.all(np.isfinite(coords[real])):
+            raise ValueError("point_coords must be finite")
+        outside = real & ((coords[..., 0] < 0) | (coords[..., 0] > w) | (coords[..., 1] < 0) | (coords[..., 1] > h))
+        if np.any(outside):
+            x, y = coords[outside][0]
+            raise ValueError(f"point ({x:g}, {y:g}) lies outside the {w}x{h} (width x height) image; "
+                             f"coordinates are (x, y) pixels of the original image")
+        batched["point_coords"] = coords.ndim == 3
+        out["point_coords"] = np.asarray(coords.reshape(-1, *coords.shape[-2:]), np.float32)
+        out["point_labels"] = labels.reshape(-1, labels.shape[-1]).astype(np.int32)
+
+    if box is not None:
+        boxes = np.asarray(box, np.float64)
+        if boxes.ndim not in (1, 2) or boxes.shape[-1] != 4:
+            raise ValueError(f"box must be (4,) or (N, 4) as x0, y0, x1, y1, got shape {boxes.shape}")
+        b = boxes.reshape(-1, 4)
+        if not np.all(np.isfinite(b)):
+            raise ValueError("box must be finite")
+        inverted = (b[:, 0] > b[:, 2]) | (b[:, 1] > b[:, 3])
+        if np.any(inverted):
+            raise ValueError(f"box must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1, "
+                             f"got {b[inverted][0].tolist()}")
+        outside = np.any(b < 0, axis=1) | (b[:, 2] > w) | (b[:, 3] > h)
+        if np.any(outside):
+            raise ValueError(f"box {b[outside][0].tolist()} lies outside the {w}x{h} (width x height) image; "
+                             f"coordinates are (x, y) pixels of the original image")
+        batched["box"] = boxes.ndim == 2
+        out["box"] = b.astype(np.float32)
+
+    if text is not None:
+        if not model.text:
+            raise ValueError(_NO_TEXT_ENCODER)
+        if isinstance(text, str):
+            texts, batched["text"] = [text], False
+        elif isinstance(text, (list, tuple)) and text and all(isinstance(t, str) for t in text):
+            texts, batched["text"] = list(text), True
+        else:
+            raise ValueError("text must be a string or a non-empty list of strings")
+        for i, t in enumerate(texts):
+            if not split_words(t):  # the tokenizer would give only padding ids: no prompt at all
+                what = f"text[{i}]" if batched["text"] else "text"
+                raise ValueError(f"{what} {t!r} is empty (no letters or digits): give a phrase such as 'a red square'")
+        out["text_ids"] = np.asarray(model.tokenize(texts), np.int32)
+
+    if mask_input is not None:
+        mask = np.asarray(mask_input, np.float32)
+        if mask.shape[-2:] != (m, m) or mask.ndim not in (2, 3, 4) or (mask.ndim == 4 and mask.shape[1] != 1):
+            raise ValueError(f"mask_input must be low-res logits ({m}, {m}), (1, {m}, {m}), (N, {m}, {m}) or "
+                             f"(N, 1, {m}, {m}) (e.g. a previous low_res_logits), got shape {mask.shape}")
+        if mask.ndim == 2:
+            mask_batched, mask = False, mask[None]
+        elif mask.ndim == 4:
+            mask_batched, mask = True, mask[:, 0]
+        else:  # (k, m, m): batched if the other prompts are, or if k > 1 when it is the only prompt
+            others = set(batched.values())
+            mask_batched = others == {True} or (not others and mask.shape[0] > 1)
+            if not mask_batched and mask.shape[0] != 1:
+                raise ValueError(f"a single prompt takes mask_input (1, {m}, {m}) or ({m}, {m}), "
+                                 f"got shape {mask.shape}")
+        if not np.all(np.isfinite(mask)):
+            raise ValueError("mask_input must be finite low-res logits, got NaN or inf values")
+        batched["mask_input"] = mask_batched
+        out["mask_input"] = mask
+
+    if not out:
+        raise ValueError("no prompt given: pass point_coords + point_labels, box, mask_input or text")
+    if len(set(batched.values())) > 1:
+        kinds = ", ".join(f"{k} {'batched' if v else 'single'}" for k, v in batched.items())
+        raise ValueError(f"mix of single and batched prompts ({kinds}); give all with a leading N or none")
+    sizes = {k: len(v) for k, v in out.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"batched prompts disagree on N: {sizes}")
+    if min(sizes.values()) == 0:
+        raise ValueError("the batch of prompts is empty (N = 0)")
+    is_batched = next(iter(batched.values()))
+    if set(out) == {"point_coords", "point_labels"}:  # points are the only prompt: each set needs a real one
+        padding_only = np.all(out["point_labels"] == processing.PAD, axis=1)
+        if np.any(padding_only):
+            what = f"prompt set {int(np.argmax(padding_only))}" if is_batched else "the prompt"
+            raise ValueError(f"{what} has only padding points (label -1): give a point labelled 1 (foreground) or "
+                             f"0 (background), a box, text or mask_input")
+    return out, is_batched
 
 
 def _check_image(image, what: str = "image") -> np.ndarray:

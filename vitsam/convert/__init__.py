@@ -3,7 +3,8 @@
 from vitsam.convert.sam import (infer_sam_config, load_sam_checkpoint, model_from_state_dict, sam_key_map,
                                 sam_state_dict_to_variables)
 from vitsam.convert.export import convert, export, load_model
-from vitsam.convert.vit import load_vit_checkpoint, resample_position_embedding, vit_params_from_state_dict
+from vitsam.convert.vit import load_vit_checkpoint, vit_params_from_state_dict
+from vitsam.convert.vit_adapt import resample_position_embedding
 
 __all__ = [
     "convert", "export", "infer_sam_config", "load_model", "load_sam_checkpoint", "load_vit_checkpoint",

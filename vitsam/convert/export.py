@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 
 from vitsam import checkpoint
+from vitsam.convert.weight_files import warn_if_not_finite
 from vitsam.models import registry
 
 
@@ -38,16 +39,25 @@ def load_model(path, **overrides):
     A folder: a converted checkpoint or a trainer's workdir (its newest readable checkpoint).
     A file: an official checkpoint of a kind in `vitsam.models.registry` (SAM .pth, vit_jax / big_vision .npz,
     timm .pth / .safetensors).
-    `overrides` go to the importers (e.g. `image_size=`, `num_classes=` for ViT files).
+    `overrides` go to the importers (e.g. `image_size=`, `num_classes=` for ViT files). Weights that hold NaN
+    or infinity load with a warning.
     """
     path = Path(path).expanduser()
     if path.is_dir():
         model, variables, spec = checkpoint.load_trained(path)
-        return model, variables, spec["kind"]
-    if not path.exists():
+        name = spec["kind"]
+    elif not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    kind = registry.kind_of_file(path)
-    return (*kind.load_official(path, **overrides), kind.name)
+    else:
+        kind = registry.kind_of_file(path)
+        try:
+            (model, variables), name = kind.load_official(path, **overrides), kind.name
+        except (ValueError, KeyError, NotImplementedError) as e:
+            if str(path) in str(e):
+                raise
+            raise type(e)(f"{path}: {e}") from None  # the importers' messages name keys, not the file
+    warn_if_not_finite(variables, path)
+    return model, variables, name
 
 
 def convert(src, dst, **overrides) -> tuple[Path, dict]:

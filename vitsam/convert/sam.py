@@ -22,7 +22,9 @@ from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from vitsam.convert.weight_files import read_state_dict
 from vitsam.models.sam import SAM_VARIANTS, Sam, sam_init
 from vitsam.params import flatten_paths
 
@@ -277,23 +279,13 @@ def sam_state_dict_to_variables(state_dict: Mapping, model: Sam | None = None, *
 
 
 def load_sam_checkpoint(path, *, strict: bool = True, **overrides):
-    """An official segment-anything .pth -> (model, variables). Needs `torch` (the [parity] extra).
+    """An official segment-anything .pth -> (model, variables). Needs PyTorch (the [torch] extra).
 
     Loads with `weights_only=True`, so nothing beyond tensors is unpickled. `overrides` replace fields of
     the inferred model (e.g. `attention_impl="cudnn"`, `dtype=jnp.bfloat16`, `text=True`).
     """
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError("loading a .pth checkpoint needs PyTorch: pip install 'vitsam[parity]' or torch") from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
-            state = state[wrapper]
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
-    arrays = {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.numpy()
-              for k, v in state.items() if isinstance(v, torch.Tensor)}
+    state = read_state_dict(path)
+    arrays = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in state.items()}
     model = model_from_state_dict(arrays, **overrides)
     return sam_state_dict_to_variables(arrays, model, strict=strict)
 

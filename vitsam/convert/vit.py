@@ -23,17 +23,16 @@ Layouts (D width, H heads, Dh = D/H, M mlp dim, P patch, N = grid², K classes):
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitsam.convert.vit_adapt import adapt_params, check_against_model, grid_side
+from vitsam.convert.weight_files import read_state_dict
 from vitsam.models.vit import VisionTransformer
-from vitsam.params import flatten_paths
 
 SOURCES = ("auto", "vit_jax", "big_vision", "timm")
 ACTIVATION = {"flax": "gelu_tanh", "timm": "gelu"}
@@ -91,23 +90,18 @@ def _to_float32(array, key: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def _grid_of(num: int) -> int | None:
-    g = math.isqrt(num)
-    return g if g > 0 and g * g == num else None
-
-
 def _position_table(pos: np.ndarray, key: str, width: int, has_cls: bool) -> tuple[np.ndarray, int]:
     """A checkpoint's position table -> (our table (1, N(+1), D), grid side). A table without a class
     position for a model with a class token gets a zero one (the same function: no position added to it)."""
     if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != width:
         raise ValueError(f"position table {key!r} has shape {pos.shape}, expected (1, tokens, {width})")
     n = pos.shape[1]
-    if has_cls and _grid_of(n - 1):
-        return pos, _grid_of(n - 1)
-    if _grid_of(n):
+    if has_cls and grid_side(n - 1):
+        return pos, grid_side(n - 1)
+    if grid_side(n):
         if has_cls:
             pos = np.concatenate([np.zeros((1, 1, width), pos.dtype), pos], axis=1)
-        return pos, _grid_of(n)
+        return pos, grid_side(n)
     raise ValueError(f"position table {key!r} has {n} positions: not a square grid"
                      f"{' (with or without a class position)' if has_cls else ''}")
 
@@ -159,9 +153,10 @@ def _flax_params(state: dict, num_heads: int | None) -> tuple[dict, dict, list[d
                                   "vitsam's ViT supports the class token ('tok') and average pooling ('gap')")
     pos_key = next((k for k in FLAX_POSEMB_KEYS if r.has(k)), None)
     if pos_key is None:
-        raise NotImplementedError(
-            f"no learned position table (none of {list(FLAX_POSEMB_KEYS)}): the checkpoint presumably uses "
-            "big_vision's fixed 'sincos2d' positions, which differ from vitsam's sinusoidal formula")
+        raise MissingKeyError(
+            f"checkpoint is missing the position table (one of {[r.prefix + k for k in FLAX_POSEMB_KEYS]}); "
+            "big_vision models with fixed 'sincos2d' positions have none and cannot be imported (vitsam's "
+            "sinusoidal formula differs)")
 
     kernel_shape = r.shape("embedding/kernel")
     if len(kernel_shape) != 4 or kernel_shape[0] != kernel_shape[1]:
@@ -352,101 +347,6 @@ def vit_params_from_state_dict(state: dict, source: str = "auto", *, num_heads: 
     return config, _assemble(top, blocks, config["scan"])
 
 
-def resample_position_embedding(posemb, new_grid, has_cls: bool, *, method: str = "bilinear",
-                                antialias: bool = False) -> np.ndarray:
-    """Resize the grid part of a learned position table: (1, [1 +] g·g, D) -> (1, [1 +] h·w, D).
-
-    `new_grid` is a side length or (h, w); the class position (first row, when `has_cls`) is kept as is.
-    Interpolation is `jax.image.resize` with half-pixel centres; with "bilinear" and antialias=False it
-    equals PyTorch's `F.interpolate(mode="bilinear", align_corners=False)` (timm's npz loader). With
-    antialias=True shrinking low-pass filters first (as `jax.image.resize` does by default).
-    An unchanged grid returns the table unchanged.
-    """
-    posemb = np.asarray(posemb)
-    if posemb.ndim != 3 or posemb.shape[0] != 1:
-        raise ValueError(f"position table must have shape (1, tokens, D), got {posemb.shape}")
-    new_h, new_w = (new_grid, new_grid) if np.isscalar(new_grid) else tuple(new_grid)
-    prefix, table = (posemb[:, :1], posemb[:, 1:]) if has_cls else (posemb[:, :0], posemb)
-    g = _grid_of(table.shape[1])
-    if g is None:
-        raise ValueError(f"position table has {table.shape[1]} grid positions (class position "
-                         f"{'excluded' if has_cls else 'absent'}): not a square grid")
-    if (g, g) == (new_h, new_w):
-        return posemb
-    d = posemb.shape[2]
-    grid = jax.image.resize(jnp.asarray(table.reshape(g, g, d), jnp.float32), (new_h, new_w, d),
-                            method=method, antialias=antialias)
-    grid = np.asarray(grid).astype(posemb.dtype).reshape(1, new_h * new_w, d)
-    return np.concatenate([prefix, grid], axis=1)
-
-
-def read_state_dict(path) -> dict:
-    """The flat {key: numpy array} of a .npz, .pth / .pt / .bin or .safetensors file, unpickling nothing but
-    tensors (`np.load(allow_pickle=False)`, `torch.load(weights_only=True)`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such checkpoint file: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    if suffix == ".safetensors":
-        from safetensors.numpy import load_file
-        try:
-            return load_file(path)
-        except TypeError:  # bfloat16 has no numpy dtype in safetensors' numpy API: go through torch
-            from safetensors.torch import load_file as load_torch
-            return {k: _torch_to_numpy(v) for k, v in load_torch(path).items()}
-    if suffix in (".pth", ".pt", ".bin"):
-        import torch
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for wrapper in ("state_dict", "model"):  # training scripts often nest the weights
-            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
-        if not isinstance(state, dict):
-            raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-        return {k.removeprefix("module."): _torch_to_numpy(v) for k, v in state.items() if hasattr(v, "detach")}
-    raise ValueError(f"unknown checkpoint file type {suffix!r} ({path}); expected .npz, .pth/.pt/.bin or .safetensors")
-
-
-def _torch_to_numpy(t):
-    import torch
-    t = t.detach().cpu()
-    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
-
-
-def _adapt(config: dict, params: dict, image_size: int | None, num_classes: int | None,
-           resample_method: str = "bilinear", antialias: bool = False) -> None:
-    """In place: a position grid resampled to `image_size`, a fresh zero head for `num_classes` (None: keep)."""
-    p = config["patch_size"]
-    if image_size is not None and image_size != config["image_size"]:
-        if image_size % p:
-            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {p}")
-        if "pos_embedding" in params:  # learned positions; sincos tables are computed from the size
-            params["pos_embedding"] = resample_position_embedding(
-                np.asarray(params["pos_embedding"]), image_size // p, config["pool"] == "tok",
-                method=resample_method, antialias=antialias)
-        config["image_size"] = image_size
-    if num_classes is not None and num_classes != config["num_classes"]:
-        features = config["representation_size"] or config["width"]
-        params["head"] = {"kernel": np.zeros((features, num_classes), np.float32),
-                          "bias": np.zeros((num_classes,), np.float32)}
-        config["num_classes"] = num_classes
-
-
-def adapt_vit(model: VisionTransformer, params: dict, *, image_size: int | None = None,
-              num_classes: int | None = None) -> tuple[VisionTransformer, dict]:
-    """A loaded ViT (e.g. a converted folder or a training workdir) for another image size and class count:
-    the position grid resampled, a fresh zero head; other fields unchanged. Returns (model, params)."""
-    config = {k: getattr(model, k) for k in ("patch_size", "image_size", "pool", "num_classes",
-                                             "representation_size", "width")}
-    params = dict(jax.device_get(params))
-    _adapt(config, params, image_size, num_classes)
-    model = model.clone(image_size=config["image_size"], num_classes=config["num_classes"])
-    _check_against_model(model, params, params["embedding"]["kernel"].shape[2])
-    return model, params
-
-
 def load_vit_checkpoint(path, *, image_size: int | None = None, num_classes: int | None = None,
                         num_heads: int | None = None, source: str = "auto", strict: bool = True,
                         resample_method: str = "bilinear", antialias: bool = False, **overrides):
@@ -460,24 +360,10 @@ def load_vit_checkpoint(path, *, image_size: int | None = None, num_classes: int
     state = read_state_dict(path)
     config, params = vit_params_from_state_dict(state, source, num_heads=num_heads, scan=overrides.pop("scan", None),
                                                 strict=strict)
-    _adapt(config, params, image_size, num_classes, resample_method, antialias)
+    adapt_params(config, params, image_size, num_classes, resample_method, antialias)
     if config["num_classes"] is None:
         raise ValueError("the checkpoint has no classification head; pass num_classes= to add a fresh zero head")
     model = VisionTransformer(**{**config, **overrides})
     channels = params["embedding"]["kernel"].shape[2]
-    _check_against_model(model, params, channels)
+    check_against_model(model, params, channels)
     return model, {"params": jax.tree_util.tree_map(jnp.asarray, params)}
-
-
-def _check_against_model(model: VisionTransformer, params: dict, channels: int) -> None:
-    """The converted tree must have exactly the model's parameter names and shapes."""
-    images = jax.ShapeDtypeStruct((1, model.image_size, model.image_size, channels), jnp.float32)
-    expected = flatten_paths(jax.eval_shape(model.init, jax.random.PRNGKey(0), images)["params"], sep="/")
-    got = flatten_paths(params, sep="/")
-    problems = [f"{k}: missing from the converted parameters (model expects {expected[k].shape})"
-                for k in sorted(set(expected) - set(got))]
-    problems += [f"{k}: not a parameter of the model" for k in sorted(set(got) - set(expected))]
-    problems += [f"{k}: converted shape {got[k].shape}, model expects {expected[k].shape}"
-                 for k in sorted(set(got) & set(expected)) if tuple(got[k].shape) != tuple(expected[k].shape)]
-    if problems:
-        raise ValueError("converted parameters do not fit the model (conflicting overrides?):\n  " + "\n  ".join(problems))

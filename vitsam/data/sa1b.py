@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from vitsam import images
 from vitsam.data import rle
 
 
@@ -37,10 +38,8 @@ def read_annotation(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """(H, W, 3) uint8 in the stored pixel order: SA-1B and COCO masks are given in it (no EXIF rotation)."""
+    return images.read_image(path, upright=False)
 
 
 class SA1BSource:

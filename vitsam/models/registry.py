@@ -56,13 +56,9 @@ def _load_vit(path, **overrides):
 
 
 def _is_sam_pth(path: Path) -> bool:
-    import torch
+    from vitsam.convert.weight_files import torch_state_keys
 
-    state = torch.load(path, map_location="meta", weights_only=True)
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    return any(str(k).startswith("image_encoder.") for k in state)
+    return any(k.startswith("image_encoder.") for k in torch_state_keys(path))
 
 
 def _load_sam(path, **overrides):

@@ -32,7 +32,8 @@ POOLS = ("tok", "gap")
 
 
 class VisionTransformer(nn.Module):
-    """ViT: NHWC images (B, H, W, C) -> logits (B, num_classes) in float32.
+    """ViT: NHWC images (B, H, W, C) -> logits (B, num_classes) in float32; C = 3 (RGB), or the channels of
+    a loaded patch kernel.
 
     `apply(variables, images, train=True, rngs={"dropout": key})` enables dropout and stochastic depth.
     The learned position table is sized for `image_size`; other sizes need a resampled table
@@ -69,11 +70,19 @@ class VisionTransformer(nn.Module):
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not divisible by the number of heads {self.num_heads}")
 
+    def _input_channels(self) -> int:
+        """Channels C the model takes: those of its patch kernel (P, P, C, D) once it has parameters, else 3
+        (RGB, what `init` builds). Static, so the check in `__call__` costs nothing under jit."""
+        kernel = self.variables.get("params", {}).get("embedding", {}).get("kernel")
+        return 3 if kernel is None else kernel.shape[2]
+
     @nn.compact
     def __call__(self, images: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
         self.setup_check()
-        if images.ndim != 4:
-            raise ValueError(f"ViT expects NHWC images (B, H, W, C), got shape {images.shape}")
+        channels = self._input_channels()
+        if images.ndim != 4 or images.shape[-1] != channels:
+            hint = " (add the batch axis: images[None])" if images.ndim == 3 and images.shape[-1] == channels else ""
+            raise ValueError(f"ViT expects NHWC images (B, H, W, {channels}), got shape {tuple(images.shape)}{hint}")
         b, h, w, _ = images.shape
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"image size {h}x{w} is not divisible by the patch size {self.patch_size}")

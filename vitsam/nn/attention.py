@@ -33,7 +33,8 @@ def dot_product_attention(
       mask: optional boolean, broadcastable to (B, H, T, S); True means "may attend".
       implementation: "einsum" (plain XLA einsums, the only one that can return the weights),
         or a kernel of `jax.nn.dot_product_attention`: "auto" (JAX picks), "xla", "cudnn"
-        (flash attention on NVIDIA GPUs: bf16/fp16 and Dh a multiple of 8, else JAX raises).
+        (flash attention on NVIDIA GPUs only, a ValueError elsewhere; bf16/fp16 and Dh a multiple of 8,
+        else JAX raises).
       return_weights: also return the attention maps A, (B, H, T, S) (einsum only).
 
     Returns:
@@ -48,6 +49,11 @@ def dot_product_attention(
         raise ValueError(f"unknown attention implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
     if return_weights and implementation != "einsum":
         raise ValueError("attention weights can only be returned by implementation='einsum'")
+
+    if implementation == "cudnn" and jax.default_backend() != "gpu":
+        # Otherwise JAX fails inside the kernel with a bare "cuDNN is not detected".
+        raise ValueError(f"attention implementation 'cudnn' needs an NVIDIA GPU with cuDNN, but JAX runs on "
+                         f"{jax.default_backend()}: use 'xla' or 'einsum'")
 
     if implementation != "einsum":
         if implementation == "cudnn" and bias is not None:
