@@ -1,7 +1,9 @@
-"""The shared training loop: exact resume after SIGKILL, NaN stop, corrupt checkpoints, accumulation, decay mask."""
+"""The shared training loop: exact resume after SIGKILL, NaN stop, a full disk, corrupt checkpoints, accumulation,
+decay mask."""
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -71,6 +73,153 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert data["iterator"] == {"json": {"i": 10}}
     leaves = jax.tree.leaves(state)
     assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
+
+
+def private_mount_prefix(mountpoint) -> list[str]:
+    """The command prefix that runs a command in a private mount namespace where it may mount a tmpfs: `unshare -rm`
+    (a user namespace too: needs no root), else `unshare -m` (root). Skips the test when neither works."""
+    probe = 'mount -t tmpfs -o size=64k tmpfs "$0"'
+    for prefix in (["unshare", "-rm"], ["unshare", "-m"]):
+        try:
+            if subprocess.run([*prefix, "sh", "-c", probe, str(mountpoint)], capture_output=True,
+                              timeout=60).returncode == 0:
+                return prefix
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    pytest.skip("cannot mount a tmpfs in a private mount namespace (neither `unshare -rm` nor `unshare -m` works)")
+
+
+def tmpfs_kib(path) -> int:
+    """What the files under `path` take on a tmpfs, in KiB: whole pages."""
+    page = os.sysconf("SC_PAGESIZE")
+    return sum(-(-f.stat().st_size // page) * page for f in Path(path).rglob("*") if f.is_file()) // 1024
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_the_same_command_resumes(tmp_path):
+    """A real full disk (a tmpfs in a private mount namespace): checkpoints 1 and 5 fit, 10 does not. The run stops
+    with one line naming the checkpoint folder and the last good step; that step restores; once the disk is bigger
+    the same command resumes from it and ends with the losses of a run that had room."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    prefix = private_mount_prefix(disk)
+    ref = tmp_path / "ref"
+    loop.run(fx.config(total_steps=10), ref, fx.task(dropout=0.1), status=lambda s: None)  # the fixture's command
+    ckpts = ref / "checkpoints"
+    # Room for checkpoints 1 and 5, half of 10 and the metrics: a checkpoint's size varies from run to run by up to
+    # ~100 KiB (how orbax splits its files), half of one is ~250 KiB.
+    room = tmpfs_kib(ckpts / "1") + tmpfs_kib(ckpts / "5") + tmpfs_kib(ckpts / "10") // 2 + 16
+    work, out = disk / "run", tmp_path
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(FIXTURE)} {shlex.quote(str(work))} 10"
+    q = {k: shlex.quote(str(v)) for k, v in dict(disk=disk, work=work, out=out).items()}
+    script = f"""
+        mount -t tmpfs -o size={room}k tmpfs {q["disk"]}
+        {command} > {q["out"]}/full.out 2> {q["out"]}/full.err; echo $? > {q["out"]}/full.rc
+        cp -r {q["work"]}/checkpoints {q["out"]}/left
+        mount -o remount,size=64m {q["disk"]}
+        {command} > {q["out"]}/again.out 2> {q["out"]}/again.err; echo $? > {q["out"]}/again.rc
+        cp {q["work"]}/metrics.jsonl {q["out"]}/again.jsonl
+    """
+    subprocess.run([*prefix, "sh", "-c", script], check=True, timeout=600)
+
+    err = (out / "full.err").read_text()
+    assert (out / "full.rc").read_text().strip() == "1", err
+    assert "Traceback" not in err
+    shown = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]  # what a terminal shows of each line
+    lines = [line for line in shown if line.strip() and not line.startswith("train:")]  # not the progress bar
+    assert lines == [f"train_fixtures: error: No space left on device saving the checkpoint of step 10; the last good "
+                     f"checkpoint, step 5, is intact in {work / 'checkpoints'}. Free some space and run the same "
+                     f"command again: it resumes from step 5."], err
+    steps = sorted(int(p.name) for p in (out / "left").iterdir() if p.name.isdigit())
+    assert steps == [1, 5]  # the half-written step 10 is no checkpoint
+    from vitsam.checkpoint import Checkpointer
+
+    state, data = Checkpointer(out / "left", every=5).read(5)
+    assert data["iterator"] == {"json": {"i": 5}}
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+
+    assert (out / "again.rc").read_text().strip() == "0", (out / "again.err").read_text()
+    assert "resumed from step 5" in (out / "again.out").read_text()
+    got = list(map(json.loads, (out / "again.jsonl").read_text().splitlines()))
+    assert [r["step"] for r in got if r["split"] == "train"] == list(range(1, 11))
+    np.testing.assert_array_equal([r["loss"] for r in got if r["split"] == "train"], [r["loss"] for r in read(ref)])
+    assert [r["accuracy"] for r in got if r["split"] == "eval"] == [r["accuracy"] for r in read(ref, "eval")]
+
+
+FULL_DISK_WRITES = r"""
+import json, os, subprocess, sys
+from pathlib import Path
+import jax.numpy as jnp
+sys.path.insert(0, sys.argv[2])
+from train.loop import MetricsLog
+from vitsam.checkpoint import Checkpointer, DiskFullError, write_model_spec
+
+disk, out = Path(sys.argv[1]), {}
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], check=True)
+write_model_spec(disk, {"kind": "vit", "fields": {"width": 32}})
+ckpt = Checkpointer(disk / "checkpoints", every=1)
+ckpt.save(1, {"w": jnp.ones(3)}, {"iterator": 1})
+ckpt.wait()
+log = MetricsLog(disk / "metrics.jsonl", 0, guard=ckpt.stop_on_disk_full)
+log.write({"step": 1, "loss": 1.0})
+fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+try:
+    while True:
+        os.write(fd, bytes(4096))
+except OSError as e:
+    out["filler"] = e.errno
+for name, write in [("model", lambda: write_model_spec(disk, {"kind": "vit", "fields": {"width": 64}})),
+                    ("metrics", lambda: log.write({"step": 2, "note": "x" * 8192}))]:
+    try:
+        write()
+    except DiskFullError as e:
+        out[name] = str(e)
+MetricsLog(disk / "metrics.jsonl", 1)  # a resume at step 1, on the full disk
+out["model.json"] = json.loads((disk / "model.json").read_text())
+out["files"] = sorted(p.name for p in disk.iterdir())
+out["metrics.jsonl"] = (disk / "metrics.jsonl").read_text()
+print(json.dumps(out))
+"""
+
+
+def test_model_json_and_metrics_writes_on_a_full_disk_fail_in_one_line_and_keep_what_was_there(tmp_path):
+    import errno
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    prefix = private_mount_prefix(disk)
+    root = str(Path(__file__).resolve().parent.parent)
+    result = subprocess.run([*prefix, sys.executable, "-c", FULL_DISK_WRITES, str(disk), root], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["filler"] == errno.ENOSPC
+    kept = f"; the last good checkpoint, step 1, is intact in {disk / 'checkpoints'}. Free some space and run the " \
+           f"same command again: it resumes from step 1."
+    assert out["model"] == f"No space left on device writing {disk / 'model.json'}{kept}"
+    assert out["metrics"] == f"No space left on device writing {disk / 'metrics.jsonl'}{kept}"
+    assert out["model.json"] == {"kind": "vit", "fields": {"width": 32}}  # the old one, whole
+    assert out["files"] == ["checkpoints", "filler", "metrics.jsonl", "model.json"]  # no half-written copy
+    assert out["metrics.jsonl"] == '{"step": 1, "loss": 1.0}\n'  # the cut record dropped, with no space to spare
+
+
+def test_disk_full_errno_reads_oserrors_and_tensorstores_messages():
+    import errno
+
+    from vitsam.checkpoint import disk_full_errno
+
+    assert disk_full_errno(OSError(errno.ENOSPC, "No space left on device")) == errno.ENOSPC
+    quota = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/w/x": Failed to write 4 bytes to file 12: '
+                       f"{os.strerror(errno.EDQUOT)} [os_error_code='{errno.EDQUOT}']")
+    assert disk_full_errno(quota) == errno.EDQUOT
+    try:
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as e:
+            raise RuntimeError("save failed") from e
+    except RuntimeError as e:
+        assert disk_full_errno(e) == errno.ENOSPC
+    assert disk_full_errno(OSError(errno.EACCES, "Permission denied")) is None
+    assert disk_full_errno(ValueError("bad shape")) is None
 
 
 def test_corrupt_newest_checkpoint_is_moved_aside_and_saved_again(tmp_path, capsys):
@@ -147,7 +296,8 @@ def test_the_loss_receives_the_states_constants_not_the_tasks(tmp_path):
 
     import optax
 
-    from train.loop import TrainState, make_eval_step, make_train_step
+    from train.loop import make_eval_step
+    from train.setup import TrainState, make_train_step
 
     base = fx.task()
     def loss_fn(params, batch, rng, constants):

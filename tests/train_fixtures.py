@@ -1,6 +1,7 @@
 """A tiny synthetic classification task for the training-loop tests (no dataset needed).
 
-Also runnable as a program, so tests can kill it and start it again:
+Also runnable as a program, so tests can kill it and start it again; like the trainers, it ends an expected
+failure (a NaN loss, a full disk) with one line on stderr:
     python tests/train_fixtures.py WORKDIR TOTAL_STEPS [ACCUM] [NAN_AT_STEP]
 """
 
@@ -17,7 +18,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train import loop  # noqa: E402
+from train import launch, loop  # noqa: E402
 from vitsam.models import vit_variant  # noqa: E402
 
 IMAGE, CLASSES = 16, 4
@@ -84,4 +85,5 @@ if __name__ == "__main__":
     workdir, total = sys.argv[1], int(sys.argv[2])
     accum = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     nan_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
-    loop.run(config(total, accum), workdir, task(dropout=0.1, nan_at=nan_at))
+    with launch.errors_in_one_line("train_fixtures"):
+        loop.run(config(total, accum), workdir, task(dropout=0.1, nan_at=nan_at))

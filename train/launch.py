@@ -11,6 +11,7 @@ One multi-GPU host needs nothing of this: one process drives all its GPUs.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 from absl import flags
@@ -71,26 +72,38 @@ def run(program: str, main: Callable) -> None:
     app.run(main, flags_parser=parse)
 
 
+@contextlib.contextmanager
+def errors_in_one_line(program: str):
+    """Expected failures (a bad config or flag, a missing dataset, a NaN loss, a full disk) end the program with one
+    line on stderr, "PROGRAM: error: ...", and exit status 1."""
+    from train import loop
+
+    try:
+        yield
+    except (ValueError, OSError, loop.NonFiniteLossError) as e:  # OSError: a config file that did not load, a full disk
+        raise SystemExit(f"{program}: error: {_one_line(e)}") from None
+
+
 def command_main(program: str, train: Callable, plan_task: Callable, config_flag, workdir_flag,
                  model_fields: Callable | None = None) -> Callable:
     """The absl `main` of a trainer.
 
     train(config, workdir) -> final eval dict; plan_task(config) -> a `loop.Task` built without data or weights
-    (for --compile_for); model_fields(config) -> a dict describing the model for the plan. Expected failures (a
-    bad config or flag, a missing dataset, a NaN loss) end as one-line errors."""
+    (for --compile_for); model_fields(config) -> a dict describing the model for the plan. Expected failures end
+    as one-line errors (`errors_in_one_line`)."""
 
     def main(argv) -> None:
         import jax
         from absl import app, logging
 
-        from train import loop, plan
+        from train import plan
 
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console for the bar
             logging.set_verbosity(logging.WARNING)
         cfg, workdir = config_flag.value, workdir_flag.value
-        try:
+        with errors_in_one_line(program):
             if COMPILE_FOR.value:
                 plan.prepare_platform(COMPILE_FOR.value)
                 fields = model_fields(cfg) if model_fields else None
@@ -99,8 +112,6 @@ def command_main(program: str, train: Callable, plan_task: Callable, config_flag
             parallel.initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
                                             timeout_s=max(TIMEOUT.value, 300), heartbeat_timeout_s=TIMEOUT.value)
             result = train(cfg, workdir)
-        except (ValueError, OSError, loop.NonFiniteLossError) as e:  # OSError: a config file that did not load
-            raise SystemExit(f"{program}: error: {_one_line(e)}") from None
         if result and jax.process_index() == 0:
             print("final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
 

@@ -2,14 +2,19 @@
 
 A checkpoint is written asynchronously into a temporary folder and committed only when complete, so a crash
 mid-save leaves no half checkpoint behind under its final name; a checkpoint that still fails to restore
-(corrupt, truncated, wrong structure) is skipped with a warning and the previous one is tried.
+(corrupt, truncated, wrong structure) is skipped with a warning and the previous one is tried. A save that finds
+the disk full (or the quota spent) raises one `DiskFullError` naming the last good checkpoint; the earlier ones are
+kept and the half-written step is not one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +23,79 @@ import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """A write of a training run found the disk full (ENOSPC) or the quota spent (EDQUOT). Its text is the whole
+    message, one line: what failed, the last good checkpoint, what to do."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def disk_full_errno(error: BaseException | None) -> int | None:
+    """ENOSPC or EDQUOT when `error`, or an error it was raised from, is a full disk or a spent quota: an OSError,
+    or what tensorstore raises under orbax, a ValueError whose text ends "No space left on device
+    [os_error_code='28']"."""
+    for _ in range(32):  # the chain of causes; bounded in case it loops
+        if error is None:
+            return None
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return error.errno
+        text = str(error)
+        for code in DISK_FULL:
+            if os.strerror(code) in text or f"os_error_code='{code}'" in text:
+                return code
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def disk_full_error(code: int, what: str, checkpoints: Path, good: int | None) -> DiskFullError:
+    """The one-line error that stops a run: `what` failed for want of space; `good`, the last good checkpoint."""
+    kept = (f"the last good checkpoint, step {good}, is intact in {checkpoints}" if good is not None
+            else f"no checkpoint had been saved in {checkpoints} yet")
+    again = f"it resumes from step {good}" if good is not None else "it starts from the beginning"
+    return DiskFullError(code, f"{os.strerror(code)} {what}; {kept}. Free some space and run the same command "
+                               f"again: {again}.")
+
+
+class _Echoes(logging.Filter):
+    """Drops what orbax and asyncio log about a save that failed on a full disk (it is raised once, in the main
+    thread, as a DiskFullError): orbax logs it with its traceback from each of its background threads, asyncio logs
+    the futures nobody awaits any more. Once a DiskFullError was raised, orbax's threads that still run may stumble
+    on the process's exit; their errors are echoes too."""
+
+    failed = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and disk_full_errno(record.exc_info[1]):
+            return False
+        return not (_Echoes.failed and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+_quiet = False
+
+
+def _quiet_failed_saves() -> None:
+    """Keep the echoes of a save that failed on a full disk off the console (see `_Echoes`); tensorstore's late
+    callbacks into the event loops orbax has closed end as unraisable "Event loop is closed" errors, dropped too.
+    Anything else passes untouched. Once per process."""
+    global _quiet
+    if _quiet:
+        return
+    _quiet = True
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_Echoes())
+    previous = sys.unraisablehook
+
+    def hook(unraisable, previous=previous, errno_of=disk_full_errno):
+        error = unraisable.exc_value
+        if errno_of(error) is None and not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -36,14 +114,37 @@ class Checkpointer:
                 enable_async_checkpointing=async_save),
             item_names=("state", "data"),
         )
+        self._in_flight: int | None = None  # the step of the last asynchronous save until it is known complete
+        _quiet_failed_saves()
 
     def should_save(self, step: int) -> bool:
         return self.manager.should_save(step)
 
     def save(self, step: int, state, data: dict, *, force: bool = False) -> bool:
-        return self.manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)),
-            force=force)
+        self.wait()  # orbax waits for the previous save anyway; here its failure is reported with its own step
+        with self.stop_on_disk_full(f"saving the checkpoint of step {step}"):
+            saved = self.manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)),
+                force=force)
+        if saved:
+            self._in_flight = step
+        return saved
+
+    @contextlib.contextmanager
+    def stop_on_disk_full(self, what: str):
+        """A full disk or spent quota met inside (`what` failed) is raised as one DiskFullError that names the last
+        good checkpoint; other errors pass unchanged."""
+        try:
+            yield
+        except DiskFullError:
+            raise
+        except Exception as e:
+            code = disk_full_errno(e)
+            if code is None:
+                raise
+            _Echoes.failed = True
+            self.manager.reload()  # the failed step may still be listed; what is committed on disk counts
+            raise disk_full_error(code, what, self.directory, self.manager.latest_step()) from None
 
     def restore_latest(self, abstract_state):
         """(step, state, data) of the newest checkpoint that restores cleanly, or None if there is none.
@@ -88,11 +189,16 @@ class Checkpointer:
         return restored["state"], restored["data"]
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Until the asynchronous save is complete; its failure is raised here (a full disk as DiskFullError)."""
+        step, self._in_flight = self._in_flight, None
+        with self.stop_on_disk_full("saving a checkpoint" if step is None else f"saving the checkpoint of step {step}"):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 # ----------------------------------------------------------------------------- trained models
@@ -116,7 +222,20 @@ def model_spec(kind: str, model, **extra) -> dict:
 
 
 def write_model_spec(workdir, spec: dict) -> None:
-    Path(workdir, MODEL_SPEC).write_text(json.dumps(spec, indent=1))
+    """Write model.json whole or not at all: on a full disk the previous one stays, and a DiskFullError says so."""
+    path = Path(workdir, MODEL_SPEC)
+    part = path.with_name(path.name + ".part")
+    try:
+        part.write_text(json.dumps(spec, indent=1))
+        os.replace(part, path)
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        code = disk_full_errno(e)
+        if code is None:
+            raise
+        ckpts = Path(workdir, "checkpoints")
+        steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
+        raise disk_full_error(code, f"writing {path}", ckpts, max(steps, default=None)) from None
 
 
 def read_model_spec(path) -> dict:

@@ -13,7 +13,7 @@ regex `re.search`es it gives its spec; a parameter no rule matches is replicated
   "replicate"  (or None, or ()) every device holds all of it;
   a tuple      one entry per leading dimension: None, a mesh axis name, or a tuple of names (a dimension split
                over several axes); dimensions past the tuple are not split.
-The optimizer state follows its parameter (`train.loop`); the batch is split over `BATCH_AXES`.
+The optimizer state follows its parameter (`train.setup`); the batch is split over `BATCH_AXES`.
 """
 
 from __future__ import annotations
