@@ -203,3 +203,20 @@ def test_nan_weights_convert_and_classify_with_a_one_line_warning(tmp_path, caps
 
     code, _, err = run_cli(["convert", str(tmp_path / "nan_vit"), str(tmp_path / "copy")], capsys)
     assert code == 0 and "6 of" in err and "NaN or infinite" in err
+
+
+def test_a_trainer_without_the_data_extra_names_it(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # As if `pip install -e .` had been run without [data]: the input pipeline's packages cannot be imported.
+    script = ("import runpy, sys; sys.modules['tensorflow_datasets'] = sys.modules['grain'] = None; "
+              f"sys.argv = ['train.vit', '--workdir={tmp_path / 'w'}', '--config.total_steps=1']; "
+              "runpy.run_module('train.vit', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == ["train.vit: error: this needs the package 'grain', which is not installed: "
+                                          "pip install 'vitsam[data]'"]

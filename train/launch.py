@@ -17,6 +17,7 @@ from typing import Callable
 from absl import flags
 
 from vitsam import parallel
+from vitsam.extras import missing_package_message
 
 COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 in a multi-process run started by hand "
@@ -80,6 +81,11 @@ def errors_in_one_line(program: str):
 
     try:
         yield
+    except ModuleNotFoundError as e:  # an optional package of an extra (the input pipelines need [data])
+        message = missing_package_message(e)
+        if message is None:
+            raise
+        raise SystemExit(f"{program}: error: {message}") from None
     except (ValueError, OSError, loop.NonFiniteLossError) as e:  # OSError: a config file that did not load, a full disk
         raise SystemExit(f"{program}: error: {_one_line(e)}") from None
 
