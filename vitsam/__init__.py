@@ -12,16 +12,18 @@ __version__ = "0.1.0"
 
 # attribute -> (module, name in it; None: the module itself)
 _LAZY = {
+    "SamAutomaticMaskGenerator": ("vitsam.mask_generator", "SamAutomaticMaskGenerator"),
     "SamPredictor": ("vitsam.predictor", "SamPredictor"),
     "count_params": ("vitsam.params", "count_params"),
     "checkpoint": ("vitsam.checkpoint", None),
+    "mask_generator": ("vitsam.mask_generator", None),
     "convert": ("vitsam.convert", None),
     "models": ("vitsam.models", None),
     "nn": ("vitsam.nn", None),
     "params": ("vitsam.params", None),
     "predictor": ("vitsam.predictor", None),
 }
-__all__ = ["SamPredictor", "__version__", "convert", "count_params", "models", "nn"]
+__all__ = ["SamAutomaticMaskGenerator", "SamPredictor", "__version__", "convert", "count_params", "models", "nn"]
 
 
 def __getattr__(name: str):

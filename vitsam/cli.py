@@ -77,6 +77,11 @@ def _convert(args) -> int:
 
 
 def _segment(args) -> int:
+    if args.everything:
+        return _segment_everything(args)
+    given = [flag for flag, dest in _EVERYTHING_OPTIONS if getattr(args, dest) is not None]
+    if given:
+        raise ValueError(f"{given[0]} needs --everything")
     import numpy as np
     from PIL import Image
 
@@ -142,6 +147,87 @@ def _segment(args) -> int:
     Image.fromarray(picture).save(out / "overlay.png")
     print(f"{out / 'overlay.png'}  (the best mask of each prompt set, with the prompts)")
     return 0
+
+
+# --everything's options: (flag, argparse dest, SamAutomaticMaskGenerator keyword = dest).
+_EVERYTHING_OPTIONS = (("--points-per-side", "points_per_side"), ("--points-per-batch", "points_per_batch"),
+                       ("--pred-iou-thresh", "pred_iou_thresh"), ("--stability-score-thresh", "stability_score_thresh"),
+                       ("--crop-n-layers", "crop_n_layers"), ("--min-mask-region-area", "min_mask_region_area"))
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _segment_everything(args) -> int:
+    """`vitsam segment IMAGE --everything`: every mask of an image (or of each image in a folder) as PNGs, an
+    overlay and an SA-1B annotation file (`vitsam.data.sa1b.SA1BSource` reads the folder back)."""
+    for flag, given in (("--point", args.point), ("--box", args.box), ("--text", args.text)):
+        if given:
+            raise ValueError(f"--everything prompts with a grid of points over the whole image: drop {flag}")
+    if args.multimask is not None:
+        raise ValueError("--everything always decodes three masks per grid point: drop --multimask / --single")
+    options = {dest: getattr(args, dest) for _, dest in _EVERYTHING_OPTIONS if getattr(args, dest) is not None}
+    source = Path(args.image)
+    if source.is_dir():
+        paths = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder {source}")
+        stems = [p.stem for p in paths]
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        if twice:
+            raise ValueError(f"images in {source} share the name {twice[0]!r} (one JSON per name): rename one")
+    elif source.exists():
+        paths = [source]
+    else:
+        raise SystemExit(f"vitsam: no such image: {source}")
+    out = Path(args.out)
+    _check_out_folder(out)
+
+    import json
+
+    from PIL import Image
+    from tqdm import tqdm
+
+    from vitsam.convert import load_model
+    from vitsam.mask_generator import SamAutomaticMaskGenerator, check_options, overlay_masks, sa1b_record
+    from vitsam.overlay import mask_image
+
+    check_options(**options)  # before the slow checkpoint load
+    model, variables, kind = load_model(args.checkpoint)
+    if kind != "sam":
+        raise ValueError(f"{args.checkpoint} holds a {kind} model, not a SAM")
+    generator = SamAutomaticMaskGenerator(model, variables, **options)
+    folder = len(paths) > 1 or source.is_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    summary = []
+    for image_id, path in enumerate(tqdm(paths, desc="segment everything", unit="image", disable=not folder)):
+        image = _read_image(path)
+        _warn_if_rotated(path)
+        annotations = generator.generate(image)
+        masks_dir = out / path.stem if folder else out
+        masks_dir.mkdir(parents=True, exist_ok=True)
+        for i, ann in enumerate(annotations):
+            mask_image(ann["segmentation"]).save(masks_dir / f"mask_{i:03d}.png")
+        masks = [ann["segmentation"] for ann in annotations]
+        Image.fromarray(overlay_masks(image, masks)).save(masks_dir / "overlay.png")
+        record = sa1b_record(annotations, image_id, path.name, *image.shape[:2])
+        (out / f"{path.stem}.json").write_text(json.dumps(record, allow_nan=False))
+        pngs = f"{masks_dir / 'mask_000.png'} … mask_{len(annotations) - 1:03d}.png, " if annotations else ""
+        summary.append(f"{out / f'{path.stem}.json'}  {len(annotations)} masks ({pngs}{masks_dir / 'overlay.png'})")
+    for line in summary:
+        print(line)
+    return 0
+
+
+def _warn_if_rotated(path) -> None:
+    """Masks follow the upright picture (EXIF orientation applied); SA1BSource reads the stored pixel order."""
+    import warnings
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        orientation = im.getexif().get(0x0112, 1)
+    if orientation not in (0, 1):
+        warnings.warn(f"{path} has an EXIF orientation ({orientation}): the masks follow the upright picture, and "
+                      f"SA1BSource reads the stored pixel order; save the image upright to train on it")
 
 
 def _numbers(text: str, flag: str, counts: tuple[int, ...], form: str) -> list[float]:
@@ -211,6 +297,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _add_vit_args(p, default_variant="Ti/16"):
     p.add_argument("--checkpoint", help="a training workdir, a `vitsam convert` folder, or a ViT .npz/.pth/.safetensors")
     p.add_argument("--variant", default=default_variant,
@@ -245,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=_positive_int, help="ViT: a fresh zero head with this many classes")
     p.set_defaults(func=_convert)
 
-    p = sub.add_parser("segment", help="segment an image with SAM from point / box / text prompts (PNG masks, overlay)")
+    p = sub.add_parser("segment", help="segment an image with SAM from point / box / text prompts, or everything in it "
+                                       "(--everything) (PNG masks, overlay)")
     p.add_argument("image")
     p.add_argument("--checkpoint", required=True,
                    help="a `vitsam convert` folder, a SAM training workdir, or an official sam_vit_*.pth")
@@ -261,6 +370,23 @@ def build_parser() -> argparse.ArgumentParser:
                             "point, or text alone)")
     group.add_argument("--single", dest="multimask", action="store_false",
                        help="one mask per prompt set (default for boxes and several points)")
+    everything = p.add_argument_group(
+        "segment everything", "--everything: SAM's automatic mask generator (a grid of point prompts, filtered and "
+        "de-duplicated); IMAGE may be a folder. Writes mask_000.png …, overlay.png and IMAGE_STEM.json (SA-1B "
+        "format); for a folder, DIR/STEM.json and the PNGs in DIR/STEM/. The defaults are segment-anything's.")
+    everything.add_argument("--everything", action="store_true", help="segment everything (no prompts)")
+    everything.add_argument("--points-per-side", metavar="N", type=_positive_int,
+                            help="grid points along a side (default 32)")
+    everything.add_argument("--points-per-batch", metavar="N", type=_positive_int,
+                            help="prompts decoded together (default 64)")
+    everything.add_argument("--pred-iou-thresh", metavar="X", type=_unit_float,
+                            help="keep masks with predicted IoU above this (default 0.88; 0: off)")
+    everything.add_argument("--stability-score-thresh", metavar="X", type=_unit_float,
+                            help="keep masks with stability score at least this (default 0.95; 0: off)")
+    everything.add_argument("--crop-n-layers", metavar="N", type=_non_negative_int,
+                            help="layers of image crops (layer i: 2^i x 2^i crops) besides the whole image (default 0)")
+    everything.add_argument("--min-mask-region-area", metavar="PIXELS", type=_non_negative_int,
+                            help="fill holes and remove islands below this many pixels (default 0: off)")
     p.add_argument("--out", default="segment", help="output folder")
     p.set_defaults(func=_segment)
 
