@@ -7,11 +7,11 @@ Run:      on every worker of the slice at once (each TPU VM host runs the same c
           (imagenet2012 prepared in array_record format in data_dir; every host reads its own rows of each batch.)
 Plan:     python -m train.vit --config configs/vit_h14_imagenet_fsdp.py --workdir /tmp/plan \
               --compile_for=tpu:v5e:16x16        (on any host with the [tpu] extra; no TPU, data or weights)
-          Measured 2026-12-03 on tpu:v5e:4x4 at 16 images per chip (jax 0.10.2, libtpu 0.0.42.1;
-          benchmarks/compile_plans.md), per chip: FSDP over 16 chips 3.84 GiB (params 0.15, AdamW 0.30,
-          temporaries 3.29); replicated 8.94 GiB (2.35, 4.71, 1.86). Both fit a 16 GiB v5e chip; FSDP leaves room
-          for ~4× the per-chip batch (a linear estimate: ~73 images per chip, not compiled). The v5e:16x16 compile
-          took over 20 minutes on a 2-core host and was not measured.
+          Measured 2026-12-03 (jax 0.10.2, libtpu 0.0.42.1; benchmarks/compile_plans.md), per chip: on
+          tpu:v5e:16x16 with this mesh (data 16 × fsdp 16) at batch 4096 (16 per chip) 1.72 GiB (params 0.15,
+          AdamW 0.30, temporaries 1.17); replicated (data 256) 8.94 GiB (2.35, 4.71, 1.86). The largest batch
+          compiled for v5e-256: 81,920 (320 per chip), 13.23 GiB of 16. Each 16x16 compile took 15–27 minutes
+          on a 2-core host.
 Hardware: v5e-256 (16 GiB HBM per chip; mesh data 16 × fsdp 16) or v4-64 (32 chips; data fills the rest of the
           mesh: check with --compile_for=tpu:v4:2x4x4).
 Time:     300 epochs = 93,750 steps at batch 4096 — an estimate, not measured: at ~40% MFU of v5e's 197 bf16
