@@ -140,9 +140,18 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
             raise ValueError(f"--process_id {process_id} must be in 0 … {num_processes - 1} (--num_processes)")
         if num_processes == 1:
             return False
-        jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+        _join(timeout_s, coordinator_address, num_processes, process_id, **kwargs)
         return True
     if detect_cluster() is None:
         return False
-    jax.distributed.initialize(**kwargs)
+    _join(timeout_s, **kwargs)
     return True
+
+
+def _join(timeout_s: int, *args, **kwargs) -> None:
+    # The CPU backend exchanges its devices with the other processes after joining, under timeouts of its own
+    # (2 and 5 minutes by default): a process still importing on a loaded host would fail the others there.
+    minutes = max(2, math.ceil(timeout_s / 60))
+    jax.config.update("jax_cpu_get_local_topology_timeout_minutes", minutes)
+    jax.config.update("jax_cpu_get_global_topology_timeout_minutes", minutes + 3)
+    jax.distributed.initialize(*args, **kwargs)
