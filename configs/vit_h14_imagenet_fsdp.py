@@ -10,7 +10,7 @@ Plan:     python -m train.vit --config configs/vit_h14_imagenet_fsdp.py --workdi
           Measured 2026-12-03 (jax 0.10.2, libtpu 0.0.42.1; benchmarks/compile_plans.md), per chip: on
           tpu:v5e:16x16 with this mesh (data 16 × fsdp 16) at batch 4096 (16 per chip) 1.72 GiB (params 0.15,
           AdamW 0.30, temporaries 1.17); replicated (data 256) 8.94 GiB (2.35, 4.71, 1.86). The largest batch
-          compiled for v5e-256: 81,920 (320 per chip), 13.23 GiB of 16; 102,400 is refused. Each 16x16
+          compiled for v5e-256: 90,112 (352 per chip), 15.93 GiB of 16; 102,400 is refused. Each 16x16
           compile that fits took 15–27 minutes on a 2-core host.
 Hardware: v5e-256 (16 GiB HBM per chip; mesh data 16 × fsdp 16) or v4-64 (32 chips; data fills the rest of the
           mesh: check with --compile_for=tpu:v4:2x4x4).
