@@ -67,8 +67,9 @@ def start(trainer, workdir, args, *, processes=1, devices=8, timeout_s=300):
 
 def finish(procs, timeout=600):
     outs = [p.communicate(timeout=timeout) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    if any(p.returncode != 0 for p in procs):  # every process's end: the first to fail often blames another
+        raise AssertionError("\n".join(f"--- process {i}: exit {p.returncode}\n{err[-3000:]}"
+                                       for i, (p, (_, err)) in enumerate(zip(procs, outs))))
     return outs[0][0]
 
 

@@ -118,6 +118,7 @@ def command_main(program: str, train: Callable, plan_task: Callable, config_flag
             parallel.initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
                                             timeout_s=max(TIMEOUT.value, 300), heartbeat_timeout_s=TIMEOUT.value)
             result = train(cfg, workdir)
+            parallel.leave_distributed()
         if result and jax.process_index() == 0:
             print("final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
 

@@ -131,7 +131,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     silent (dead) process goes unnoticed before the others stop with an error instead of hanging.
     """
     given = [coordinator_address, num_processes, process_id]
-    kwargs = dict(initialization_timeout=int(timeout_s), heartbeat_timeout_seconds=int(heartbeat_timeout_s))
+    kwargs = dict(initialization_timeout=int(timeout_s), heartbeat_timeout_seconds=int(heartbeat_timeout_s),
+                  shutdown_timeout_seconds=int(timeout_s))
     if any(v not in (None, "") for v in given):
         if any(v in (None, "") for v in given):
             raise ValueError("--coordinator_address, --num_processes and --process_id go together "
@@ -146,6 +147,17 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         return False
     _join(timeout_s, **kwargs)
     return True
+
+
+def leave_distributed() -> None:
+    """Leave a multi-process job at the end of a successful run, in every process (a no-op for a lone one).
+
+    Every process waits here for the others (JAX's shutdown barrier, bounded by the start-up timeout), then the
+    coordination service stops. Left to interpreter exit, the barrier comes after JAX has torn its backend down
+    and after every other exit handler, and a process held up there makes the others abort at the barrier.
+    """
+    if jax.process_count() > 1:
+        jax.distributed.shutdown()
 
 
 def _join(timeout_s: int, *args, **kwargs) -> None:
