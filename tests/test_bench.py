@@ -256,6 +256,89 @@ def test_only_torch_peers_imports_torch_and_only_inside_its_functions():
         assert bool(torch_imports(tree.body)) == (path.name == "torch_peers.py"), path.name
 
 
+# --- the automatic mask generator case (amg) --------------------------------------------------------------
+
+AMG_TINY = dict(image_size=64)  # the tiny SAM at 64 px: a 4 x 4 embedding, 16 x 16 low-res masks
+AMG_FEW = dict(points_per_side=2, points_per_batch=4)
+
+
+def test_amg_case_is_listed_with_its_peer():
+    assert bench.parse_model("sam:vit_b:amg") == ("sam", "vit_b", "amg")
+    (ours,) = bench.sweep_cases("sam:vit_b:amg", "forward", 1, "float32", ["einsum"])
+    ours_too, peer = bench.sweep_cases("sam:vit_b:amg", "forward", 1, "float32", ["einsum"], torch=True)
+    for case, framework, impl in ((ours, "vitsam", "vitsam/einsum"), (ours_too, "vitsam", "vitsam/einsum"),
+                                  (peer, "torch", "segment-anything")):
+        r = case.record
+        assert (r["framework"], r["impl"], r["model"], r["mode"], r["batch"]) == (framework, impl, "sam:vit_b:amg",
+                                                                                   "generate", 1)
+        assert r["image_size"] == 1024 and r["flops"] == bench.amg_flops(sam_variant("vit_b"))
+    image = bench.amg_image(64)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and len(np.unique(image.reshape(-1, 3), axis=0)) > 2
+    np.testing.assert_array_equal(image, bench.amg_image(64))
+
+
+def test_amg_flops_by_hand():
+    m = sam_variant("vit_b")
+    enc = bench.sam_encoder_flops(m, 1)
+
+    def dec(n):
+        return bench.sam_decoder_flops(m, n)
+
+    assert bench.amg_flops(m) == enc + dec(1024)  # 32 x 32 prompts on the whole image
+    assert bench.amg_flops(m) / 1e12 == pytest.approx(0.97 + 3.71, abs=0.01)
+    # one crop layer, half the points a side there: the image + 4 crops of 16 x 16 prompts each
+    assert bench.amg_flops(m, crop_n_layers=1, crop_n_points_downscale_factor=2) == 5 * enc + dec(1024) + 4 * dec(256)
+
+
+def test_amg_bad_requests(capsys):
+    with pytest.raises(ValueError, match="one image"):
+        bench.sweep_cases("sam:vit_b:amg", "forward", 2, "float32", ["einsum"])
+    with pytest.raises(ValueError, match="float32 only"):
+        bench.sam_amg_case("vit_b", "bfloat16")
+    with pytest.raises(ValueError, match="valid: encoder, decoder, amg"):
+        bench.parse_model("sam:vit_b:everything")
+    assert cli.main(["bench", "--model", "sam:vit_b:amg", "--batch", "1,4"]) == 2
+    assert "--batch 1 --dtype float32), got batch 1,4" in capsys.readouterr().err
+
+
+def test_harness_reports_the_phases_of_the_timed_calls_only():
+    calls = []
+
+    def build():
+        phases = {"encoder": [], "rest": []}
+
+        def step():
+            calls.append(None)
+            phases["encoder"].append(len(calls))  # warm-up calls 1, 2; timed calls 3, 4, 5
+            phases["rest"].append(10.0)
+
+        return bench.Runner(step, phases=phases, finish=lambda: {"masks": 7})
+
+    record = dict(framework="vitsam", impl="fake", model="fake:amg", mode="generate", batch=1, dtype="float32",
+                  unit="images")
+    (rec,) = bench.run_group([bench.Case(record, build)], warmup=2, iters=3, repeats=1)
+    assert len(calls) == 5 and len(rec["times_s"]) == 3
+    assert rec["phases_s"] == {"encoder": 4, "rest": 10.0} and rec["masks"] == 7
+    table = bench.phase_table([rec, dict(record, impl="no phases", step_s=1.0)]).splitlines()
+    assert table[0] == "| model | impl | step s | encoder s | rest s | masks returned |" and len(table) == 3
+    assert table[2].startswith("| fake:amg | fake |") and table[2].endswith("| 4.00 | 10.00 | 7 |")
+    assert bench.phase_table([dict(record, step_s=1.0)]) == ""
+
+
+@pytest.mark.slow
+def test_amg_case_runs_generate_on_the_tiny_sam():
+    """The case end to end (about 7 s of CPU, mostly compiling the generator's functions)."""
+    picture = bench.amg_image(48, seed=1)[:, :40]
+    case = bench.sam_amg_case("tiny", image=picture, generator_options=dict(AMG_FEW, pred_iou_thresh=0,
+                                                                            stability_score_thresh=0), **AMG_TINY)
+    (rec,) = bench.run_group([case], warmup=0, iters=1, repeats=2)
+    assert "error" not in rec, rec
+    assert rec["model"] == "sam:tiny:amg" and len(rec["times_s"]) == 2 and rec["compile_s"] > 0
+    assert set(rec["phases_s"]) == {"encoder", "rest"} and 0 < rec["phases_s"]["encoder"] < rec["step_s"]
+    assert rec["masks"] >= 1  # the filters off: the NMS keeps at least one
+    assert rec["flops"] == bench.amg_flops(sam_variant("tiny", **AMG_TINY), **AMG_FEW)
+
+
 # --- PyTorch peers (pytest -m parity) ---------------------------------------------------------------------
 
 
@@ -309,6 +392,24 @@ def test_torch_peers_run_on_the_same_problem():
     assert recs[0]["timm_fused_attn"] is True
     assert recs[2]["impl"] == "segment-anything+sdpa"
     assert recs[3]["flops"] == bench.sam_decoder_flops(sam_variant("tiny"), 3)
+
+
+@pytest.mark.parity
+def test_amg_peer_runs_the_same_model_and_finds_the_same_masks():
+    """Both generators on the same (converted) random weights and image, the filters off: as many masks on
+    both sides."""
+    pytest.importorskip("segment_anything")
+    options = dict(AMG_FEW, pred_iou_thresh=0, stability_score_thresh=0)
+    picture = bench.amg_image(48, seed=1)[:, :40]
+    shared = bench.SharedSam("tiny", **AMG_TINY)
+    cases = [bench.sam_amg_case("tiny", variables=shared.variables, image=picture, generator_options=options,
+                                **AMG_TINY),
+             bench.torch_sam_amg_case("tiny", shared=shared, image=picture, generator_options=options, **AMG_TINY)]
+    ours, theirs = bench.run_group(cases, warmup=0, iters=1)
+    for r in (ours, theirs):
+        assert "error" not in r, r
+        assert set(r["phases_s"]) == {"encoder", "rest"} and r["masks"] >= 1
+    assert ours["masks"] == theirs["masks"] and ours["flops"] == theirs["flops"]
 
 
 @pytest.mark.parity

@@ -392,6 +392,25 @@ def generator(fixture, **kw):
     kw = dict(dict(points_per_side=6, points_per_batch=8), **kw)
     return mg.SamAutomaticMaskGenerator(model, variables, **kw)
 
+def test_instance_recall_equals_a_pixel_loop():
+    """Recall at IoU 0.5 against a loop over truth × predicted masks counting pixels one by one."""
+    rng = np.random.default_rng(3)
+    truth = rng.random((5, 9, 11)) < 0.3
+    predicted = np.concatenate([truth[:3] ^ (rng.random((3, 9, 11)) < 0.1), rng.random((4, 9, 11)) < 0.3])
+    best = []
+    for t in truth:
+        ious = []
+        for p in predicted:
+            inter = sum(bool(t[i, j] and p[i, j]) for i in range(9) for j in range(11))
+            union = sum(bool(t[i, j] or p[i, j]) for i in range(9) for j in range(11))
+            ious.append(inter / union)
+        best.append(max(ious))
+    found, got = ops.instance_recall(predicted, truth, 0.5)
+    np.testing.assert_allclose(got, best)
+    assert found == sum(b >= 0.5 for b in best) and 3 <= found < 5
+    assert ops.instance_recall(predicted[:0], truth)[0] == 0 and ops.instance_recall(predicted, truth[:0])[0] == 0
+
+
 
 def test_generate_equals_naive_predictor_loop_real_decoder(tiny):
     """The real (random) decoder, batched, against one predict call per point: every candidate, in order."""

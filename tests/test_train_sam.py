@@ -4,7 +4,6 @@ drop path, fine-tuning from a converted checkpoint; clear config errors before a
 
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent

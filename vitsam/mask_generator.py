@@ -119,6 +119,9 @@ class SamAutomaticMaskGenerator:
         image = _check_image(image)
         h, w = image.shape[:2]
         crop_boxes, layers = mask_ops.generate_crop_boxes((h, w), self.crop_n_layers, self.crop_overlap_ratio)
+        # An image side shorter than a layer's crop count gives empty crop boxes there: nothing to segment.
+        kept = [i for i, (x0, y0, x1, y1) in enumerate(crop_boxes) if x1 > x0 and y1 > y0]
+        crop_boxes, layers = [crop_boxes[i] for i in kept], [layers[i] for i in kept]
         # All crops through the encoder at once (batches of the predictor's encode_batch), then each crop's points.
         self.predictor.set_images([image[y0:y1, x0:x1] for x0, y0, x1, y1 in crop_boxes])
         crops = [self._process_crop(i, box, layer, (h, w)) for i, (box, layer) in enumerate(zip(crop_boxes, layers))]

@@ -199,3 +199,24 @@ def postprocess_small_regions(masks: Sequence[np.ndarray], min_area: int, nms_th
     boxes = np.array([mask_to_box_np(m) for m in new], np.float32).reshape(-1, 4)
     keep = nms_indices(boxes, (~changed).astype(np.float32), nms_thresh)
     return keep, new, changed
+
+
+# ----------------------------------------------------------------------------- evaluation (host)
+
+def mask_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Masks a (K, H, W) and b (L, H, W), bool -> their pairwise IoU (K, L) float64; two empty masks: IoU 1."""
+    a = np.asarray(a, bool).reshape(len(a), -1).astype(np.float64)
+    b = np.asarray(b, bool).reshape(len(b), -1).astype(np.float64)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def instance_recall(predicted: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> tuple[int, np.ndarray]:
+    """How many ground-truth instances a set of masks finds: predicted (P, H, W) and truth (G, H, W) bool ->
+    (the number of truth masks whose best predicted mask has IoU >= iou_threshold, that best IoU (G,)). A
+    predicted mask may count for several truth masks (as in SAM's recall of SA-1B masks, no one-to-one matching)."""
+    if len(truth) == 0:
+        return 0, np.zeros(0)
+    best = mask_ious(truth, predicted).max(1) if len(predicted) else np.zeros(len(truth))
+    return int((best >= iou_threshold).sum()), best

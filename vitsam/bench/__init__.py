@@ -29,8 +29,10 @@ and into `sweeps.sweep_cases` to be reachable from `vitsam bench`):
     flops        the FLOP formulas, the jaxpr matmul counter, XLA's cost and memory analysis
     devices      compute dtypes by name, device peaks, MFU, the allocator's high-water mark
     harness      Case / Runner, timing, run_group
-    cases        vitsam's cases: ViT forward and train step, SAM image encoder, SAM prompt encoder + decoder
-    torch_peers  timm and segment-anything peers, the official SAM from vitsam's fields (imports torch lazily)
+    cases        vitsam's cases: ViT forward and train step, SAM image encoder, SAM prompt encoder + decoder,
+                 the automatic mask generator (amg)
+    torch_peers  timm and segment-anything peers, the official SAM from vitsam's fields, segment-anything's
+                 mask generator on the same weights (imports torch lazily)
     sweeps       model specs, the groups of cases, run_benchmarks
     report       environment, JSON, the markdown table, result files
     cli          the `vitsam bench` options and run
@@ -48,12 +50,12 @@ _EXPORTS = {
               "vit_flops", "xla_cost"),
     "devices": ("DTYPES", "PEAK_TFLOPS", "device_peak_bytes", "mfu", "peak_tflops"),
     "harness": ("Case", "Runner", "compiled_runner", "matmul_tflops", "run_group"),
-    "cases": ("KERNELS", "MODES", "adamw_train_step", "bench_vit", "random_variables", "sam_decoder_case",
-              "sam_encoder_case", "vit_case"),
-    "torch_peers": ("official_sam", "require_torch", "timm_vit_case", "torch_available", "torch_sam_decoder_case",
-                    "torch_sam_encoder_case", "use_sdpa_attention"),
-    "sweeps": ("parse_model", "run_benchmarks", "sweep_cases"),
-    "report": ("environment", "environment_markdown", "jsonable", "markdown_table", "write_results"),
+    "cases": ("KERNELS", "MODES", "adamw_train_step", "amg_flops", "amg_image", "bench_vit", "random_variables",
+              "sam_amg_case", "sam_decoder_case", "sam_encoder_case", "vit_case"),
+    "torch_peers": ("SharedSam", "official_sam", "require_torch", "timm_vit_case", "torch_available",
+                    "torch_sam_amg_case", "torch_sam_decoder_case", "torch_sam_encoder_case", "use_sdpa_attention"),
+    "sweeps": ("SAM_PARTS", "parse_model", "run_benchmarks", "sweep_cases"),
+    "report": ("environment", "environment_markdown", "jsonable", "markdown_table", "phase_table", "write_results"),
     "cli": ("add_arguments", "run_cli"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

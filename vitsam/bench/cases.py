@@ -1,9 +1,11 @@
-"""vitsam's benchmark cases: the ViT (forward or a train step), SAM's image encoder and SAM's prompt encoder +
-mask decoder, each a `Case` on random weights and the same random inputs the PyTorch peers get."""
+"""vitsam's benchmark cases: the ViT (forward or a train step), SAM's image encoder, SAM's prompt encoder +
+mask decoder and the automatic mask generator ("amg": `generate` end to end), each a `Case` on random weights
+and the same inputs the PyTorch peers get."""
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Callable
 
 import jax
@@ -186,6 +188,84 @@ def sam_decoder_case(variant: str = "vit_b", num_prompts: int = 16, dtype: str =
             return model.apply(v, emb, coords, labels, multimask_output=True, method=model.decode)
 
         return compiled_runner(decode, (variables, emb, coords, labels))
+
+    return Case(record, build, _kernel_skip(kernel, dtype))
+
+
+AMG_MAX_DISTRACTORS = 8
+
+
+def amg_image(size: int, seed: int = 0) -> np.ndarray:
+    """The amg case's picture: (size, size, 3) uint8 RGB from the shapes generator (a background of plain
+    colour, gradient or noise, one large shape and up to 8 smaller ones), the same on every machine."""
+    from vitsam.data.shapes import render_example
+
+    return render_example(seed, image_size=size, seed=seed, max_distractors=AMG_MAX_DISTRACTORS).image
+
+
+def amg_flops(model, points_per_side: int = 32, crop_n_layers: int = 0, crop_n_points_downscale_factor: int = 1,
+              **_) -> int:
+    """Model FLOPs of one `generate`: per crop (4^i crops at layer i) the encoder once and the decoder for
+    its points, (points_per_side / factor^i)² single-point prompts. Not counted: the post-processing (the
+    upscaling of every candidate's logits to the image, scores, boxes, NMS), which is not the model's."""
+    total = 0
+    for layer in range(crop_n_layers + 1):
+        points = int(points_per_side / crop_n_points_downscale_factor ** layer) ** 2
+        total += 4 ** layer * (sam_encoder_flops(model, 1) + sam_decoder_flops(model, points))
+    return total
+
+
+def sam_amg_case(variant: str = "vit_b", dtype: str = "float32", kernel: str = "einsum", *,
+                 variables: Callable[[], dict] | None = None, seed: int = 0, image: np.ndarray | None = None,
+                 generator_options: dict | None = None, **overrides) -> Case:
+    """vitsam's `SamAutomaticMaskGenerator.generate` end to end on one image (`amg_image` at the model's
+    size unless `image` (H, W, 3) uint8 is given), the image encoder included, as a user calls it.
+
+    `variables()` gives the weights (the amg group passes the PyTorch peer's, converted); default: random
+    (`random_variables`). `generator_options`: the generator's arguments (default: the official defaults).
+    The build runs `generate` once (compiling every jitted function it uses; that call is `compile_s`).
+    `phases_s` splits a call into "encoder" (`set_images`: pre-processing + image encoder, waited for) and
+    "rest" (decoding the point batches, filters, NMS, the masks to the host); `masks` is how many it returned.
+    Float32 only (the peer is segment-anything's float32 generator).
+    """
+    check(dtype, kernel, "forward")
+    if dtype != "float32":
+        raise ValueError(f"the amg case runs in float32 only, got {dtype!r}")
+    model = sam_variant(variant, attention_impl=kernel, **{"text": False, **overrides})
+    options = dict(generator_options or {})
+    record = dict(framework="vitsam", impl=f"vitsam/{kernel}", model=f"sam:{variant}:amg", mode="generate",
+                  batch=1, dtype=dtype, kernel=kernel, image_size=model.image_size, unit="images",
+                  flops=amg_flops(model, **options), overrides=jsonable(overrides),
+                  generator_options=jsonable(options))
+
+    def build() -> Runner:
+        from vitsam.mask_generator import SamAutomaticMaskGenerator
+
+        weights = variables() if variables is not None else random_variables(lambda r: sam_init(model, r), seed)
+        picture = amg_image(model.image_size, seed) if image is None else image
+        generator = SamAutomaticMaskGenerator(model, weights, **options)
+        phases: dict[str, list[float]] = {"encoder": [], "rest": []}
+        predictor = generator.predictor
+        set_images = predictor.set_images
+
+        def timed_set_images(images):
+            t0 = time.perf_counter()
+            set_images(images)
+            jax.block_until_ready([predictor.get_image_embedding(i) for i in range(predictor.num_images)])
+            phases["encoder"].append(time.perf_counter() - t0)
+
+        predictor.set_images = timed_set_images
+        found = []
+
+        def step():
+            t0 = time.perf_counter()
+            found[:] = [len(generator.generate(picture))]
+            phases["rest"].append(time.perf_counter() - t0 - phases["encoder"][-1])
+
+        t0 = time.perf_counter()
+        step()
+        compile_s = time.perf_counter() - t0
+        return Runner(step, dict(compile_s=compile_s), finish=lambda: dict(masks=found[0]), phases=phases)
 
     return Case(record, build, _kernel_skip(kernel, dtype))
 

@@ -20,8 +20,9 @@ def _csv(cast=str):
 def add_arguments(p) -> None:
     """The options of `vitsam bench`."""
     p.add_argument("--model", action="append", type=_csv(), metavar="SPEC",
-                   help="vit:VARIANT (vit:B/16), sam:VARIANT (image encoder) or sam:VARIANT:decoder; "
-                        "comma-separated or repeated (default vit:B/16)")
+                   help="vit:VARIANT (vit:B/16), sam:VARIANT (image encoder), sam:VARIANT:decoder or "
+                        "sam:VARIANT:amg (the automatic mask generator on one image); comma-separated or repeated "
+                        "(default vit:B/16)")
     p.add_argument("--batch", type=_csv(int), default=[1], help="batch sizes (the decoder: prompts per batch), e.g. 1,8")
     p.add_argument("--dtype", type=_csv(), default=["float32"], help="compute dtypes: float32,bfloat16")
     # Not listed here: the names are vitsam.nn's, which takes seconds to import; a wrong one is an error naming them.
@@ -89,7 +90,7 @@ def _command_line(args, models: Sequence[str]) -> str:
 def run_cli(args) -> int:
     """`vitsam bench`: run the sweep, print the table, write JSON + markdown when --out is given."""
     from vitsam.bench.harness import matmul_tflops
-    from vitsam.bench.report import environment, environment_markdown, markdown_table, write_results
+    from vitsam.bench.report import environment, environment_markdown, markdown_table, phase_table, write_results
     from vitsam.bench.sweeps import parse_model, run_benchmarks
     from vitsam.bench.torch_peers import require_torch
 
@@ -116,6 +117,9 @@ def run_cli(args) -> int:
     print()
     print(markdown_table(records))
     print()
+    if phase_table(records):
+        print(phase_table(records))
+        print()
     print(environment_markdown(env))
     if args.out:
         for path in write_results(args.out, records, env):

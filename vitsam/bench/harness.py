@@ -22,11 +22,16 @@ from vitsam.bench.flops import executable_bytes, xla_cost
 @dataclasses.dataclass
 class Runner:
     """A built case: `step()` runs one step and waits for it; `info` adds fields to the record (compile_s,
-    flops_xla, memory...); `finish()` may add more after timing (a peak-memory reading)."""
+    flops_xla, memory...); `finish()` may add more after timing (a peak-memory reading).
+
+    `phases`: where a step times parts of itself (the amg case: the image encoder, then the rest), it appends
+    each call's seconds under the part's name; the harness drops the warm-up calls' and records the medians of
+    the timed calls' as `record["phases_s"]`."""
 
     step: Callable[[], Any]
     info: dict = dataclasses.field(default_factory=dict)
     finish: Callable[[], dict] | None = None
+    phases: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -102,6 +107,8 @@ def run_group(cases: Sequence[Case], *, warmup: int = 2, iters: int = 5, repeats
             rec.update(runner.info)
             for _ in range(warmup):
                 runner.step()
+            for times in runner.phases.values():
+                times.clear()
             runners[-1] = runner
             rec["times_s"] = []
         except Exception as e:  # an unsupported configuration or out of memory: record and go on
@@ -125,6 +132,8 @@ def run_group(cases: Sequence[Case], *, warmup: int = 2, iters: int = 5, repeats
             rec.update(runner.finish())
         if rec.get("times_s") and "error" not in rec:
             _finalize(rec, iters, peak, matmul_tflops_ref)
+            if runner.phases:
+                rec["phases_s"] = {name: statistics.median(t) for name, t in runner.phases.items() if t}
         if log:
             log(_progress(rec, "done"))
     del runners

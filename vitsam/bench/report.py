@@ -119,6 +119,21 @@ def markdown_table(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def phase_table(records: Sequence[dict]) -> str:
+    """The records that timed parts of their step (`phases_s`: the amg case's encoder and the rest) and counted
+    their masks: one row each, in seconds; "" when there are none."""
+    timed = [r for r in records if r.get("phases_s")]
+    if not timed:
+        return ""
+    names = list(dict.fromkeys(name for r in timed for name in r["phases_s"]))
+    head = "| model | impl | step s | " + " | ".join(f"{n} s" for n in names) + " | masks returned |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in timed:
+        parts = " | ".join(_fmt(r["phases_s"].get(n), ".2f") for n in names)
+        lines.append(f"| {r['model']} | {r['impl']} | {r['step_s']:.2f} | {parts} | {r.get('masks', '—')} |")
+    return "\n".join(lines)
+
+
 def environment_markdown(env: dict) -> str:
     """A few lines naming the device, versions, threads, load and command under a results table."""
     v = {k: x for k, x in env.get("versions", {}).items() if x}
@@ -142,5 +157,7 @@ def write_results(path: str | Path, records: Sequence[dict], env: dict) -> tuple
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"environment": jsonable(env), "results": jsonable(list(records))}, indent=1) + "\n")
     md = path.with_suffix(".md")
-    md.write_text(f"# Benchmark: {path.stem}\n\n{markdown_table(records)}\n\n{environment_markdown(env)}\n")
+    phases = phase_table(records)
+    md.write_text(f"# Benchmark: {path.stem}\n\n{markdown_table(records)}\n\n" + (f"{phases}\n\n" if phases else "")
+                  + f"{environment_markdown(env)}\n")
     return path, md

@@ -1,5 +1,6 @@
-"""Sweeps: a model spec ("vit:B/16", "sam:vit_h:decoder") and a mode, batch and dtype make one group of cases
-(vitsam with each attention kernel, then the PyTorch peers); `run_benchmarks` times every combination."""
+"""Sweeps: a model spec ("vit:B/16", "sam:vit_h:decoder", "sam:vit_b:amg") and a mode, batch and dtype make one
+group of cases (vitsam with each attention kernel, then the PyTorch peers); `run_benchmarks` times every
+combination."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ from typing import Callable, Sequence
 
 import jax
 
-from vitsam.bench.cases import check, sam_decoder_case, sam_encoder_case, vit_case
+from vitsam.bench.cases import check, sam_amg_case, sam_decoder_case, sam_encoder_case, vit_case
 from vitsam.bench.harness import Case, run_group
-from vitsam.bench.torch_peers import timm_vit_case, torch_sam_decoder_case, torch_sam_encoder_case
+from vitsam.bench.torch_peers import (SharedSam, timm_vit_case, torch_sam_amg_case, torch_sam_decoder_case,
+                                      torch_sam_encoder_case)
 from vitsam.models import registry
+
+
+SAM_PARTS = ("encoder", "decoder", "amg")
 
 
 def parse_model(spec: str) -> tuple[str, str, str]:
     """"vit:B/16" -> ("vit", "B/16", "model"); "sam:vit_b" or "sam:vit_b:encoder" -> ("sam", "vit_b",
-    "encoder"); "sam:vit_b:decoder" -> ("sam", "vit_b", "decoder")."""
+    "encoder"); "sam:vit_b:decoder" -> ("sam", "vit_b", "decoder"); "sam:vit_b:amg" -> ("sam", "vit_b", "amg")
+    (the automatic mask generator's `generate` on one image)."""
     family, _, rest = spec.partition(":")
     if family == "vit" and rest:
         registry.get("vit").build(rest)  # validates the name
@@ -23,12 +29,12 @@ def parse_model(spec: str) -> tuple[str, str, str]:
     if family == "sam" and rest:
         variant, _, part = rest.partition(":")
         part = part or "encoder"
-        if part not in ("encoder", "decoder"):
-            raise ValueError(f"unknown SAM part {part!r} in {spec!r}; valid: encoder, decoder")
+        if part not in SAM_PARTS:
+            raise ValueError(f"unknown SAM part {part!r} in {spec!r}; valid: {', '.join(SAM_PARTS)}")
         registry.get("sam").build(variant)
         return "sam", variant, part
-    raise ValueError(f"unknown model {spec!r}; expected vit:VARIANT (e.g. vit:B/16) or sam:VARIANT[:encoder|:decoder]"
-                     f" (e.g. sam:vit_b, sam:vit_h:decoder)")
+    raise ValueError(f"unknown model {spec!r}; expected vit:VARIANT (e.g. vit:B/16) or "
+                     f"sam:VARIANT[:encoder|:decoder|:amg] (e.g. sam:vit_b, sam:vit_h:decoder, sam:vit_b:amg)")
 
 
 def sweep_cases(spec: str, mode: str, batch: int, dtype: str, kernels: Sequence[str], *, torch: bool = False,
@@ -36,6 +42,10 @@ def sweep_cases(spec: str, mode: str, batch: int, dtype: str, kernels: Sequence[
     """The cases of one group: vitsam with each attention kernel, then the PyTorch peers when `torch`:
     timm / segment-anything eager (for the SAM encoder also with SDPA attention), and with `torch_compile`
     the torch.compile (+ SDPA) versions. `torch_compile` None means: on a GPU only.
+
+    "sam:VARIANT:amg" (batch 1, float32): vitsam's automatic mask generator with each kernel and, with `torch`,
+    segment-anything's, both with the official defaults on the same image; with `torch` both sides run the
+    same weights (segment-anything's random initialisation, converted), without it vitsam's random ones.
     """
     family, variant, part = parse_model(spec)
     overrides = overrides or {}
@@ -51,6 +61,15 @@ def sweep_cases(spec: str, mode: str, batch: int, dtype: str, kernels: Sequence[
         return cases
     if mode != "forward":
         raise ValueError(f"{spec}: SAM benchmarks time the forward pass only (mode 'forward')")
+    if part == "amg":
+        if batch != 1:
+            raise ValueError(f"{spec}: the automatic mask generator runs on one image (batch 1), got batch {batch}")
+        shared = SharedSam(variant, **overrides) if torch else None
+        weights = shared.variables if torch else None
+        cases = [sam_amg_case(variant, dtype, k, variables=weights, **overrides) for k in kernels]
+        if torch:
+            cases.append(torch_sam_amg_case(variant, shared=shared, **overrides))
+        return cases
     if part == "encoder":
         cases = [sam_encoder_case(variant, batch, dtype, k, **overrides) for k in kernels]
         if torch:
@@ -75,7 +94,9 @@ def run_benchmarks(models: Sequence[str], batches: Sequence[int] = (1,), dtypes:
                    log: Callable[[str], None] | None = print) -> list[dict]:
     """Every combination, group by group (see `sweep_cases`); SAM models skip the train mode."""
     for spec in models:
-        parse_model(spec)
+        if parse_model(spec)[2] == "amg" and (list(batches) != [1] or list(dtypes) != ["float32"]):
+            raise ValueError(f"{spec}: the automatic mask generator runs on one image in float32 (--batch 1 "
+                             f"--dtype float32), got batch {','.join(map(str, batches))}, dtype {','.join(dtypes)}")
     for k in kernels:
         check("float32", k, "forward")
     for d in dtypes:

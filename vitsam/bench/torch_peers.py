@@ -1,7 +1,8 @@
 """The PyTorch peers: timm's ViT and segment-anything's SAM on the same problems as vitsam's cases, an official
-SAM built from vitsam's model fields (also what the parity tests compare against), and segment-anything's
-encoder attention computed by SDPA. The only module of vitsam's benchmarks that imports torch, and only
-inside its functions: importing it needs no torch."""
+SAM built from vitsam's model fields (also what the parity tests compare against), segment-anything's
+encoder attention computed by SDPA, and segment-anything's automatic mask generator on the same weights as
+vitsam's (`SharedSam`). The only module of vitsam's benchmarks that imports torch, and only inside its
+functions: importing it needs no torch."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from vitsam.bench.cases import check, embedding, images, prompts
+from vitsam.bench.cases import amg_flops, amg_image, check, embedding, images, prompts
 from vitsam.bench.flops import sam_decoder_flops, sam_encoder_flops, train_flops, vit_flops
 from vitsam.bench.harness import Case, Runner
 from vitsam.models.sam.sam import sam_variant
@@ -156,9 +157,10 @@ def official_sam(variant: str = "vit_b", **overrides):
     Only the architecture fields matter (image and patch size, encoder, prompt and decoder sizes); vitsam's
     own fields (dtype, attention_impl, text...) are accepted and ignored.
     """
+    from functools import partial
+
     import segment_anything
     import torch
-    from functools import partial
 
     if variant in _SAM_BUILDERS and not overrides:
         return getattr(segment_anything, _SAM_BUILDERS[variant])().eval()
@@ -272,5 +274,79 @@ def torch_sam_decoder_case(variant: str = "vit_b", num_prompts: int = 16, dtype:
                                multimask_output=True)
 
         return _torch_runner(torch, device, fn, baseline)
+
+    return Case(record, build)
+
+
+# --- segment-anything's automatic mask generator ----------------------------------------------------------
+
+class SharedSam:
+    """One SAM for both sides of the amg group: segment-anything's model with its default random
+    initialisation after `torch.manual_seed(seed)` (built on first use), and the same weights converted for
+    vitsam (`vitsam.convert.sam_state_dict_to_variables`)."""
+
+    def __init__(self, variant: str = "vit_b", seed: int = 0, **overrides):
+        self.variant, self.seed, self.overrides = variant, seed, overrides
+        self._torch = None
+
+    def torch_model(self):
+        if self._torch is None:
+            import torch
+
+            torch.manual_seed(self.seed)
+            self._torch = official_sam(self.variant, **self.overrides)
+        return self._torch
+
+    def variables(self) -> dict:
+        from vitsam.convert import sam_state_dict_to_variables
+
+        state = {k: v.detach().cpu().numpy() for k, v in self.torch_model().state_dict().items()}
+        model = sam_variant(self.variant, **{"text": False, **self.overrides})
+        return sam_state_dict_to_variables(state, model)[1]
+
+
+def torch_sam_amg_case(variant: str = "vit_b", *, shared: SharedSam | None = None, seed: int = 0,
+                       image: np.ndarray | None = None, generator_options: dict | None = None, **overrides) -> Case:
+    """segment-anything's `SamAutomaticMaskGenerator.generate` on the same image as `cases.sam_amg_case`, with
+    the model of `shared` (default: a fresh `SharedSam(variant, seed)`), float32. The build's first call is
+    `compile_s`; `phases_s` splits a call into "encoder" (`predictor.set_image`: resize, normalisation, image
+    encoder) and "rest"; `masks` is how many it returned. segment-anything's NMS and resize are torchvision's
+    (the `[parity]` extra installs the build for the pinned PyTorch)."""
+    ref = sam_variant(variant, **overrides)
+    options = dict(generator_options or {})
+    record = dict(framework="torch", impl="segment-anything", model=f"sam:{variant}:amg", mode="generate",
+                  batch=1, dtype="float32", kernel=None, image_size=ref.image_size, unit="images",
+                  flops=amg_flops(ref, **options), generator_options=options)
+    shared = shared or SharedSam(variant, seed, **overrides)
+
+    def build() -> Runner:
+        torch, device, _ = _torch_setup("float32")
+        import segment_anything
+
+        picture = amg_image(ref.image_size, seed) if image is None else image
+        generator = segment_anything.SamAutomaticMaskGenerator(shared.torch_model().to(device), **options)
+        phases: dict[str, list[float]] = {"encoder": [], "rest": []}
+        predictor = generator.predictor
+        set_image = predictor.set_image
+
+        def timed_set_image(*args, **kwargs):
+            t0 = time.perf_counter()
+            set_image(*args, **kwargs)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            phases["encoder"].append(time.perf_counter() - t0)
+
+        predictor.set_image = timed_set_image
+        found = []
+
+        def fn():
+            t0 = time.perf_counter()
+            found[:] = [len(generator.generate(picture))]
+            phases["rest"].append(time.perf_counter() - t0 - phases["encoder"][-1])
+
+        runner = _torch_runner(torch, device, fn)
+        runner.phases = phases
+        runner.finish = lambda: dict(masks=found[0])
+        return runner
 
     return Case(record, build)

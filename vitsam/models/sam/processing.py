@@ -36,9 +36,13 @@ _PRECISION_BITS = 22  # Pillow's fixed point for 8-bit resampling (32 - 8 - 2)
 
 
 def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """(new_h, new_w) with the longest side scaled to `long_side`, rounded half up (official formula)."""
+    """(new_h, new_w) with the longest side scaled to `long_side`, rounded half up (official formula).
+
+    Each side is at least 1 px: a very elongated image (long side over 2 × long_side × short side) keeps a
+    one-pixel short side where the official formula rounds it to 0.
+    """
     scale = long_side * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def _pil_bilinear_coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
