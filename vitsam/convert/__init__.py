@@ -1,7 +1,7 @@
 """Importers for official checkpoints (SAM .pth, ViT .npz / timm). PyTorch is only imported inside the loaders."""
 
 from vitsam.convert.sam import (infer_sam_config, load_sam_checkpoint, model_from_state_dict, sam_key_map,
-                                sam_state_dict_to_variables)
+                                sam_state_dict_to_variables, sam_variables_to_state_dict)
 from vitsam.convert.export import convert, export, load_model
 from vitsam.convert.vit import load_vit_checkpoint, vit_params_from_state_dict
 from vitsam.convert.vit_adapt import resample_position_embedding
@@ -9,5 +9,5 @@ from vitsam.convert.vit_adapt import resample_position_embedding
 __all__ = [
     "convert", "export", "infer_sam_config", "load_model", "load_sam_checkpoint", "load_vit_checkpoint",
     "model_from_state_dict", "resample_position_embedding", "sam_key_map", "sam_state_dict_to_variables",
-    "vit_params_from_state_dict",
+    "sam_variables_to_state_dict", "vit_params_from_state_dict",
 ]

@@ -32,6 +32,7 @@ from vitsam.params import flatten_paths
 Entry = tuple[tuple[str, ...], tuple[str, ...], Callable]
 
 
+# Each transform maps official arrays to ours; its `inverse` maps ours back (`sam_variables_to_state_dict`).
 def _copy(a):
     return jnp.asarray(a)
 
@@ -56,6 +57,14 @@ def _stack_rows(*ws):
     return jnp.concatenate([jnp.asarray(w).reshape(1, -1) for w in ws], axis=0)
 
 
+_copy.inverse = lambda a: a
+_linear.inverse = lambda k: k.T
+_conv.inverse = lambda k: k.transpose(3, 2, 0, 1)
+_conv_transpose.inverse = lambda k: np.flip(k, (0, 1)).transpose(2, 3, 0, 1)
+_row.inverse = lambda v: v.reshape(1, -1)
+_stack_rows.inverse = lambda m: [row[None] for row in m]  # one array per official key
+
+
 def _heads_in(num_heads):
     """Linear (H·Dh, D) -> DenseGeneral kernel (D, H, Dh); bias (H·Dh,) -> (H, Dh)."""
     def kernel(w):
@@ -64,6 +73,9 @@ def _heads_in(num_heads):
 
     def bias(b):
         return jnp.asarray(b).reshape(num_heads, -1)
+
+    kernel.inverse = lambda k: k.reshape(k.shape[0], -1).T
+    bias.inverse = lambda b: b.reshape(-1)
     return kernel, bias
 
 
@@ -72,6 +84,8 @@ def _heads_out(num_heads):
     def kernel(w):
         w = jnp.asarray(w)
         return w.T.reshape(num_heads, w.shape[1] // num_heads, w.shape[0])
+
+    kernel.inverse = lambda k: k.reshape(-1, k.shape[-1]).T
     return kernel
 
 
@@ -278,6 +292,21 @@ def sam_state_dict_to_variables(state_dict: Mapping, model: Sam | None = None, *
     return model, variables
 
 
+def sam_variables_to_state_dict(variables: Mapping, model: Sam) -> dict[str, np.ndarray]:
+    """vitsam variables of `model` -> an official segment-anything state dict (official key -> float32 array),
+    the inverse of `sam_state_dict_to_variables`, for the official `Sam.load_state_dict`. Our text encoder, which
+    the official SAM lacks, is left out."""
+    state = {}
+    for path, keys, fn in sam_key_map(model):
+        value = variables
+        for p in path:
+            value = value[p]
+        arrays = fn.inverse(np.asarray(value, np.float32))
+        for key, array in zip(keys, arrays if len(keys) > 1 else [arrays]):
+            state[key] = np.array(array, np.float32, order="C")  # a contiguous, writable copy (torch.from_numpy)
+    return state
+
+
 def load_sam_checkpoint(path, *, strict: bool = True, **overrides):
     """An official segment-anything .pth -> (model, variables). Needs PyTorch (the [torch] extra).
 
@@ -291,4 +320,4 @@ def load_sam_checkpoint(path, *, strict: bool = True, **overrides):
 
 
 __all__ = ["infer_sam_config", "load_sam_checkpoint", "model_from_state_dict", "sam_key_map",
-           "sam_state_dict_to_variables"]
+           "sam_state_dict_to_variables", "sam_variables_to_state_dict"]
