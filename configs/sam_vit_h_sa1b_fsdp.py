@@ -13,7 +13,8 @@ Plan:     python -m train.sam --config configs/sam_vit_h_sa1b_fsdp.py --workdir 
           this step at one image per chip — its temporaries (16 masks × 11 rounds, 1024 px) need 20.51 GiB of a
           v5e chip's 15.75 GiB usable HBM; with --config.data.max_masks=4 it fits: 7.16 GiB per chip (temporaries
           6.69; ~1.15 GiB per mask), and on a v5e-256 (data 16 × fsdp 16) 2 images per chip, global 512, take
-          15.30 GiB. So a v5e slice needs fewer masks per image (about 11 at most; check with
+          15.30 GiB; replicated (data only) a chip needs 15.41 GiB at one image, on 4x4 and 16x16 alike. So a
+          v5e slice needs fewer masks per image (about 11 at most; check with
           --compile_for first) or v5p / v6e chips; an 80 GB H100 holds it (an inference: JAX cannot compile for
           GPUs without one, and the GPU compiler's temporaries differ from the TPU's). Parameters and AdamW
           state per device do not depend on the compiler: 641 M parameters → 0.3 GiB + 0.6 GiB per device over fsdp 8.
