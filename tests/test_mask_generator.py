@@ -661,21 +661,6 @@ def test_cli_everything_on_a_folder(tiny, exported, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--points-per-side", "0"], "--points-per-side: must be at least 1"),
-    (["--points-per-batch", "-2"], "--points-per-batch: must be at least 1"),
-    (["--pred-iou-thresh", "1.2"], "--pred-iou-thresh: must be between 0 and 1"),
-    (["--stability-score-thresh", "-0.5"], "--stability-score-thresh: must be between 0 and 1"),
-    (["--crop-n-layers", "-1"], "--crop-n-layers: must be at least 0"),
-    (["--min-mask-region-area", "x"], "--min-mask-region-area: expected a whole number"),
-])
-def test_cli_bad_numbers_are_argparse_errors(exported, args, message, capsys):
-    ckpt, photo = exported
-    with pytest.raises(SystemExit) as e:
-        cli.main(["segment", str(photo), "--checkpoint", str(ckpt), "--everything", *args])
-    assert e.value.code == 2 and message in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("args, message", [
     (["--everything", "--point", "5,5"], "prompts with a grid of points over the whole image: drop --point"),
     (["--everything", "--box", "1,2,3,4"], "drop --box"),
     (["--everything", "--text", "cat"], "drop --text"),
@@ -702,7 +687,9 @@ def test_cli_everything_needs_a_sam_checkpoint(exported, tmp_path, capsys):
     _, photo = exported
     assert cli.main(["segment", str(photo), "--checkpoint", str(tmp_path / "vit"), "--everything",
                      "--out", str(tmp_path / "o")]) == 2
-    assert "holds a vit model, not a SAM" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds a vit model, not a SAM" in err and err.count("\n") == 1  # one line
+    assert not (tmp_path / "o").exists()  # nothing written
     empty = tmp_path / "empty"
     empty.mkdir()
     assert cli.main(["segment", str(empty), "--checkpoint", str(tmp_path / "vit"), "--everything"]) == 2

@@ -27,7 +27,6 @@ from test_mask_generator import make_image, random_variables
 
 from vitsam import cli
 from vitsam import mask_generator as mg
-from vitsam.convert import export
 from vitsam.models import sam_variant
 from vitsam.predictor import SamPredictor
 
@@ -161,6 +160,12 @@ def test_option_limits_are_accepted(tiny):
 
 
 @pytest.mark.parametrize("args, message", [
+    (["--points-per-side", "0"], "--points-per-side: must be at least 1"),
+    (["--points-per-batch", "-2"], "--points-per-batch: must be at least 1"),
+    (["--crop-n-layers", "-1"], "--crop-n-layers: must be at least 0"),
+    (["--min-mask-region-area", "x"], "--min-mask-region-area: expected a whole number"),
+    (["--pred-iou-thresh", "1.2"], "--pred-iou-thresh: must be between 0 and 1"),
+    (["--stability-score-thresh", "-0.5"], "--stability-score-thresh: must be between 0 and 1"),
     (["--points-per-side", "-1"], "--points-per-side: must be at least 1, got -1"),
     (["--points-per-side", "2.5"], "--points-per-side: expected a whole number, got '2.5'"),
     (["--pred-iou-thresh", "-0.01"], "--pred-iou-thresh: must be between 0 and 1"),
@@ -227,23 +232,3 @@ def test_cli_everything_reads_non_rgb_files_as_rgb(tiny, tmp_path, kind, capsys,
     assert masks and len(masks) == len(want)
     np.testing.assert_array_equal(masks, want)
     assert f"{kind}.json" in capsys.readouterr().out
-
-
-def test_cli_everything_a_vit_checkpoint_writes_nothing(tmp_path, capsys):
-    """A ViT checkpoint: one line naming the model kind, exit code 2, no output folder."""
-    import jax
-    import jax.numpy as jnp
-
-    from vitsam.models import vit_variant
-
-    model = vit_variant("Ti/16", num_classes=3, image_size=16, patch_size=8, width=16, depth=1, mlp_dim=32,
-                        num_heads=2)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
-    export(model, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes), tmp_path / "vit", kind="vit")
-    Image.fromarray(make_image()).save(tmp_path / "photo.png")
-    out = tmp_path / "out"
-    assert cli.main(["segment", str(tmp_path / "photo.png"), "--checkpoint", str(tmp_path / "vit"), "--everything",
-                     "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "holds a vit model, not a SAM" in err and err.count("\n") == 1
-    assert not out.exists()

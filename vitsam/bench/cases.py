@@ -215,6 +215,32 @@ def amg_flops(model, points_per_side: int = 32, crop_n_layers: int = 0, crop_n_p
     return total
 
 
+def timed_generate(generator, picture, encoder_method: str, wait: Callable[[], Any]):
+    """Instrument a mask generator (vitsam's or segment-anything's) for the amg cases -> (step, phases, finish).
+
+    `step()` runs `generator.generate(picture)`; the predictor's `encoder_method` (the image encoder call) is
+    wrapped to time itself up to `wait()`, so each step appends its "encoder" seconds and the "rest";
+    `finish()` gives the number of masks the last step returned."""
+    phases: dict[str, list[float]] = {"encoder": [], "rest": []}
+    encode = getattr(generator.predictor, encoder_method)
+
+    def timed_encode(*args, **kwargs):
+        t0 = time.perf_counter()
+        encode(*args, **kwargs)
+        wait()
+        phases["encoder"].append(time.perf_counter() - t0)
+
+    setattr(generator.predictor, encoder_method, timed_encode)
+    found = []
+
+    def step():
+        t0 = time.perf_counter()
+        found[:] = [len(generator.generate(picture))]
+        phases["rest"].append(time.perf_counter() - t0 - phases["encoder"][-1])
+
+    return step, phases, lambda: {"masks": found[0]}
+
+
 def sam_amg_case(variant: str = "vit_b", dtype: str = "float32", kernel: str = "einsum", *,
                  variables: Callable[[], dict] | None = None, seed: int = 0, image: np.ndarray | None = None,
                  generator_options: dict | None = None, **overrides) -> Case:
@@ -244,28 +270,14 @@ def sam_amg_case(variant: str = "vit_b", dtype: str = "float32", kernel: str = "
         weights = variables() if variables is not None else random_variables(lambda r: sam_init(model, r), seed)
         picture = amg_image(model.image_size, seed) if image is None else image
         generator = SamAutomaticMaskGenerator(model, weights, **options)
-        phases: dict[str, list[float]] = {"encoder": [], "rest": []}
         predictor = generator.predictor
-        set_images = predictor.set_images
-
-        def timed_set_images(images):
-            t0 = time.perf_counter()
-            set_images(images)
-            jax.block_until_ready([predictor.get_image_embedding(i) for i in range(predictor.num_images)])
-            phases["encoder"].append(time.perf_counter() - t0)
-
-        predictor.set_images = timed_set_images
-        found = []
-
-        def step():
-            t0 = time.perf_counter()
-            found[:] = [len(generator.generate(picture))]
-            phases["rest"].append(time.perf_counter() - t0 - phases["encoder"][-1])
-
+        step, phases, finish = timed_generate(
+            generator, picture, "set_images",
+            wait=lambda: jax.block_until_ready([predictor.get_image_embedding(i) for i in range(predictor.num_images)]))
         t0 = time.perf_counter()
         step()
         compile_s = time.perf_counter() - t0
-        return Runner(step, dict(compile_s=compile_s), finish=lambda: dict(masks=found[0]), phases=phases)
+        return Runner(step, dict(compile_s=compile_s), finish=finish, phases=phases)
 
     return Case(record, build, _kernel_skip(kernel, dtype))
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from vitsam.bench.cases import amg_flops, amg_image, check, embedding, images, prompts
+from vitsam.bench.cases import amg_flops, amg_image, check, embedding, images, prompts, timed_generate
 from vitsam.bench.flops import sam_decoder_flops, sam_encoder_flops, train_flops, vit_flops
 from vitsam.bench.harness import Case, Runner
 from vitsam.models.sam.sam import sam_variant
@@ -325,28 +325,10 @@ def torch_sam_amg_case(variant: str = "vit_b", *, shared: SharedSam | None = Non
 
         picture = amg_image(ref.image_size, seed) if image is None else image
         generator = segment_anything.SamAutomaticMaskGenerator(shared.torch_model().to(device), **options)
-        phases: dict[str, list[float]] = {"encoder": [], "rest": []}
-        predictor = generator.predictor
-        set_image = predictor.set_image
-
-        def timed_set_image(*args, **kwargs):
-            t0 = time.perf_counter()
-            set_image(*args, **kwargs)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            phases["encoder"].append(time.perf_counter() - t0)
-
-        predictor.set_image = timed_set_image
-        found = []
-
-        def fn():
-            t0 = time.perf_counter()
-            found[:] = [len(generator.generate(picture))]
-            phases["rest"].append(time.perf_counter() - t0 - phases["encoder"][-1])
-
+        fn, phases, finish = timed_generate(
+            generator, picture, "set_image", wait=torch.cuda.synchronize if device.type == "cuda" else lambda: None)
         runner = _torch_runner(torch, device, fn)
-        runner.phases = phases
-        runner.finish = lambda: dict(masks=found[0])
+        runner.phases, runner.finish = phases, finish
         return runner
 
     return Case(record, build)
