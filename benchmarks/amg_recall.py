@@ -53,8 +53,9 @@ def main(argv=None) -> None:
             found, total, masks = found + hits, total + len(ex.masks), masks + len(predicted)
             main_found += int(best[0] >= args.iou)  # the first mask is the image's main shape
         seconds = (time.perf_counter() - start) / len(examples)
-        rows.append((name, found / total, main_found / len(examples), (total - len(examples)) and
-                     (found - main_found) / (total - len(examples)), masks / len(examples), seconds))
+        small = total - len(examples)  # every image has one main shape; the rest are the smaller ones
+        rows.append((name, found / total, main_found / len(examples), (found - main_found) / small if small else 0.0,
+                     masks / len(examples), seconds))
     print(f"\n{args.images} held-out images, {sum(len(e.masks) for e in examples)} instances; "
           f"recall at IoU >= {args.iou}:\n")
     print("| options | recall, all shapes | main shapes | smaller shapes | masks per image | s per image |")
