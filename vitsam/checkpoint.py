@@ -96,6 +96,16 @@ def _quiet_failed_saves() -> None:
             previous(unraisable)
 
     sys.unraisablehook = hook
+    # The same failed save can leave orbax's write coroutines unawaited when its event loop closes; Python warns
+    # about each at exit ("coroutine ... was never awaited"). Dropped only after a save failed on a full disk.
+    show = warnings.showwarning
+
+    def showwarning(message, category, *args, show=show, echoes=_Echoes, **kwargs):
+        if echoes.failed and issubclass(category, RuntimeWarning) and "was never awaited" in str(message):
+            return
+        show(message, category, *args, **kwargs)
+
+    warnings.showwarning = showwarning
 
 
 class Checkpointer:
