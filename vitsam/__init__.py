@@ -18,6 +18,7 @@ _LAZY = {
     "checkpoint": ("vitsam.checkpoint", None),
     "mask_generator": ("vitsam.mask_generator", None),
     "convert": ("vitsam.convert", None),
+    "export": ("vitsam.export", None),
     "models": ("vitsam.models", None),
     "nn": ("vitsam.nn", None),
     "params": ("vitsam.params", None),

@@ -241,6 +241,18 @@ def _numbers(text: str, flag: str, counts: tuple[int, ...], form: str) -> list[f
     return values
 
 
+def _export(args) -> int:
+    from vitsam.export import export_checkpoint
+
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+    if not Path(args.checkpoint).exists():
+        raise FileNotFoundError(f"no such checkpoint: {args.checkpoint}")
+    export_checkpoint(args.checkpoint, args.out_dir, formats=formats, dtype=args.dtype, platforms=platforms,
+                      max_side=args.max_side, onnx_points=args.onnx_points, overwrite=args.overwrite)
+    return 0
+
+
 def _bench(args) -> int:
     from vitsam.bench.cli import run_cli
 
@@ -386,6 +398,21 @@ def build_parser() -> argparse.ArgumentParser:
                             help="fill holes and remove islands below this many pixels (default 0: off)")
     p.add_argument("--out", default="segment", help="output folder")
     p.set_defaults(func=_segment)
+
+    p = sub.add_parser("export", help="export a SAM (image encoder, prompt decoder) or a ViT (classifier) as "
+                                      "StableHLO and ONNX, to run without vitsam")
+    p.add_argument("checkpoint", help="an official sam_vit_*.pth or ViT file, a `vitsam convert` folder or a "
+                                      "training workdir")
+    p.add_argument("out_dir", help="output folder (a README.md there describes the files)")
+    p.add_argument("--format", default="stablehlo,onnx", help="comma-separated: stablehlo, onnx (default both)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16: weights and compute")
+    p.add_argument("--platforms", default="cpu", help="StableHLO targets, comma-separated: cpu, cuda, rocm, tpu")
+    p.add_argument("--max-side", type=_positive_int, default=4096,
+                   help="SAM: the largest image side the exported encoder accepts (default 4096)")
+    p.add_argument("--onnx-points", type=_positive_int, default=16,
+                   help="SAM: point slots of the ONNX prompt decoder (pad with label -1; default 16)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="time ViT / SAM (compile, step, images/s, FLOPs, MFU, memory), vs PyTorch peers")
     add_bench_arguments(p)

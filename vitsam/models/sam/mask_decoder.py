@@ -92,9 +92,9 @@ class MaskDecoder(nn.Module):
         tokens = jnp.concatenate([output_tokens, sparse.astype(dtype)], axis=1)
         bias = mask = None
         if sparse_bias is not None:
-            bias = jnp.concatenate([jnp.zeros((n, 1 + num_masks), sparse_bias.dtype), sparse_bias], axis=1)
+            bias = jnp.pad(sparse_bias, ((0, 0), (1 + num_masks, 0)))  # the output tokens: no bias
         if sparse_mask is not None:
-            mask = jnp.concatenate([jnp.ones((n, 1 + num_masks), bool), sparse_mask], axis=1)
+            mask = jnp.pad(sparse_mask, ((0, 0), (1 + num_masks, 0)), constant_values=True)
 
         src = (image + dense).astype(dtype)
         hs, src = TwoWayTransformer(
