@@ -60,7 +60,7 @@ def _load(paths, program):
 
 @pytest.fixture(scope="module")
 def tiny_sam(tmp_path_factory):
-    model = sam_variant("tiny", text=False)
+    model = sam_variant("tiny")  # with a text encoder, as `train.sam` trains it: the export leaves it out
     variables = sam_init(model, jax.random.PRNGKey(0))
     out = tmp_path_factory.mktemp("export") / "tiny_sam"
     paths = export_sam(model, variables, out, max_side=1024, onnx_points=POINTS, log=lambda *_: None)

@@ -1,5 +1,9 @@
 """The exported programs' run-time-size processing (vitsam/export/runtime_sizes.py) against the host versions
-with static sizes (vitsam/models/sam/processing.py, themselves checked against Pillow and PyTorch)."""
+with static sizes (vitsam/models/sam/processing.py, themselves checked against Pillow and PyTorch).
+
+Run with: pytest -m export tests/test_export_sizes.py   (jax only; about a minute, most of it the exhaustive
+check of the resized size over every image up to 8192 px)
+"""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +12,8 @@ import pytest
 
 from vitsam.export import runtime_sizes
 from vitsam.models.sam import processing
+
+pytestmark = pytest.mark.export
 
 
 @pytest.mark.parametrize("image_size", [256, 1024])
