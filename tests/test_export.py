@@ -118,6 +118,18 @@ def _check_decoder(outputs, want, multimask, rel):
     assert np.mean(masks[0, pick] == want_masks) >= MASK_AGREEMENT
 
 
+def _check_prompt(model, predictor, embedding, shape, prompt, multimask, decoder, decoder_onnx):
+    """One prompt through both exported decoders against `SamPredictor.predict`."""
+    want = _predict(predictor, prompt, multimask)
+    args = (model, embedding, shape, prompt.get("points"), prompt.get("labels"), prompt.get("box"),
+            prompt.get("mask"))
+    # StableHLO: as many point slots as the predictor's bucket (the same padding); ONNX: its fixed slots.
+    n = len(prompt.get("points", ())) + 2 * ("box" in prompt)
+    slots = 1 << max(n - 1, 0).bit_length() if "points" in prompt else None
+    _check_decoder(decoder.call(*_decoder_inputs(*args, slots=slots).values()), want, multimask, STABLEHLO_REL)
+    _check_decoder(decoder_onnx.run(None, _decoder_inputs(*args, slots=POINTS)), want, multimask, ONNX_REL)
+
+
 @pytest.mark.parametrize("shape", SIZES)
 def test_the_tiny_sam_exports_equal_the_predictor(tiny_sam, shape):
     model, variables, _, paths = tiny_sam
@@ -131,18 +143,9 @@ def test_the_tiny_sam_exports_equal_the_predictor(tiny_sam, shape):
     _close(embedding, want_embedding, STABLEHLO_REL)
     _close(encoder_onnx.run(None, {"images": image[None]})[0][0], want_embedding, ONNX_REL)
 
-    for name, prompt in _prompts(shape, predictor).items():
+    for prompt in _prompts(shape, predictor).values():
         for multimask in (True, False):
-            want = _predict(predictor, prompt, multimask)
-            # StableHLO: as many point slots as SamPredictor's bucket; ONNX: its fixed slots.
-            n = len(prompt.get("points", ())) + 2 * ("box" in prompt)
-            slots = 1 << max(n - 1, 0).bit_length() if "points" in prompt else None
-            inputs = _decoder_inputs(model, embedding, shape, prompt.get("points"), prompt.get("labels"),
-                                     prompt.get("box"), prompt.get("mask"), slots=slots)
-            _check_decoder(decoder.call(*inputs.values()), want, multimask, STABLEHLO_REL)
-            inputs = _decoder_inputs(model, embedding, shape, prompt.get("points"), prompt.get("labels"),
-                                     prompt.get("box"), prompt.get("mask"), slots=POINTS)
-            _check_decoder(decoder_onnx.run(None, inputs), want, multimask, ONNX_REL), name
+            _check_prompt(model, predictor, embedding, shape, prompt, multimask, decoder, decoder_onnx)
 
 
 def test_a_batch_of_prompt_sets_decodes_like_one_at_a_time(tiny_sam):
@@ -195,7 +198,7 @@ def test_the_files_run_with_jax_alone_and_onnxruntime_alone(tiny_sam, tmp_path):
     _close(np.load(tmp_path / "b.npy"), want, ONNX_REL)
 
 
-def test_the_generated_readme_describes_every_input_and_its_example_runs(tiny_sam, tmp_path):
+def test_the_generated_readme_describes_every_input_and_its_example_runs(tiny_sam, monkeypatch):
     model, variables, out, paths = tiny_sam
     readme = (out / "README.md").read_text()
     meta = json.loads((out / "metadata.json").read_text())
@@ -209,30 +212,21 @@ def test_the_generated_readme_describes_every_input_and_its_example_runs(tiny_sa
     code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     image = np.random.default_rng(4).integers(0, 256, (200, 260, 3), dtype=np.uint8)
     Image.fromarray(image).save(out / "photo.jpg", quality=95)
+    monkeypatch.chdir(out)
     namespace = {}
-    cwd = __import__("os").getcwd()
     try:
-        __import__("os").chdir(out)
         exec(compile(code.replace("(500, 375)", "(130, 100)"), "README.md", "exec"), namespace)
     finally:
-        __import__("os").chdir(cwd)
+        photo = np.asarray(Image.open(out / "photo.jpg").convert("RGB"))
         (out / "photo.jpg").unlink()
     assert namespace["best"].shape == (200, 260) and namespace["best"].dtype == bool
     predictor = SamPredictor(model, variables)
-    predictor.set_image(np.asarray(Image.open(__import__("io").BytesIO(_jpeg(image))).convert("RGB")))
+    predictor.set_image(photo)
     masks, iou, _ = predictor.predict(point_coords=np.float32([[130, 100]]), point_labels=np.int32([1]))
     assert np.mean(namespace["best"] == masks[iou.argmax()]) >= MASK_AGREEMENT
 
 
-def _jpeg(image) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def test_the_vit_classifier_exports_with_its_class_names(tmp_path):
+def test_the_vit_classifier_exports_with_its_class_names(tmp_path, monkeypatch):
     model = vit_variant("Ti/16", num_classes=3, image_size=32, patch_size=8, width=32, depth=2, mlp_dim=64,
                         num_heads=2, head_zero_init=False)
     variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 32, 32, 3)))
@@ -250,6 +244,15 @@ def test_the_vit_classifier_exports_with_its_class_names(tmp_path):
     props = {p.key: p.value for p in onnx.load(str(paths["classifier"]["onnx"])).metadata_props}
     assert json.loads(props["vitsam"])["class_names"] == names
     assert json.loads((tmp_path / "vit" / "metadata.json").read_text())["class_names"] == names
+    # The generated README's example, in the export folder with a photo.jpg there.
+    code = re.search(r"```python\n(.*?)```", (tmp_path / "vit" / "README.md").read_text(), re.S).group(1)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(
+        tmp_path / "vit" / "photo.jpg")
+    monkeypatch.chdir(tmp_path / "vit")
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    resized = np.asarray(Image.open("photo.jpg").convert("RGB").resize((32, 32), Image.BICUBIC))
+    assert namespace["top"] == int(np.argmax(jax_model(variables, resized[None])[0]))
 
 
 def test_lower_precision_and_several_platforms(tiny_sam, tmp_path):
@@ -328,25 +331,19 @@ def test_the_cli_exports_a_checkpoint_folder_and_overwrite_replaces(tiny_sam, tm
 
 
 def test_the_vit_b_architecture_exports_faithfully(tmp_path):
-    """vit_b (random weights, 1024 px): both formats against the predictor, for a point and a box prompt."""
+    """vit_b (random weights, 1024 px): both formats against the predictor, every prompt kind, two image sizes."""
     model = sam_variant("vit_b")
     variables = sam_init(model, jax.random.PRNGKey(1))
     paths = export_sam(model, variables, tmp_path / "vit_b", log=lambda *_: None)
     encoder, encoder_onnx = _load(paths, "image_encoder")
     decoder, decoder_onnx = _load(paths, "prompt_decoder")
-    shape = (480, 640)
-    image = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
     predictor = SamPredictor(model, variables)
-    predictor.set_image(image)
-    want_embedding = np.asarray(predictor.get_image_embedding())
-    embedding = np.asarray(encoder.call(image[None]))[0]
-    _close(embedding, want_embedding, STABLEHLO_REL)
-    _close(encoder_onnx.run(None, {"images": image[None]})[0][0], want_embedding, ONNX_REL)
-    prompts = _prompts(shape, predictor)
-    for name in ("point", "box+points"):
-        prompt = prompts[name]
-        want = _predict(predictor, prompt, True)
-        inputs = _decoder_inputs(model, embedding, shape, prompt["points"], prompt["labels"], prompt.get("box"),
-                                 slots=POINTS)
-        _check_decoder(decoder_onnx.run(None, inputs), want, True, ONNX_REL)
-        _check_decoder(decoder.call(*inputs.values()), want, True, 1e-5)  # 16 slots, the predictor 2 or 4
+    for shape in ((480, 640), (700, 300)):
+        image = np.random.default_rng(shape[0]).integers(0, 256, (*shape, 3), dtype=np.uint8)
+        predictor.set_image(image)
+        want_embedding = np.asarray(predictor.get_image_embedding())
+        embedding = np.asarray(encoder.call(image[None]))[0]
+        _close(embedding, want_embedding, STABLEHLO_REL)
+        _close(encoder_onnx.run(None, {"images": image[None]})[0][0], want_embedding, ONNX_REL)
+        for prompt in _prompts(shape, predictor).values():
+            _check_prompt(model, predictor, embedding, shape, prompt, True, decoder, decoder_onnx)
