@@ -317,17 +317,26 @@ def test_bad_options_and_folders_are_one_line_errors(tiny_sam, tmp_path, capsys)
     assert "no such checkpoint" in capsys.readouterr().err
 
 
-def test_the_cli_exports_a_checkpoint_folder_and_overwrite_replaces(tiny_sam, tmp_path, capsys):
+def test_the_cli_exports_a_checkpoint_folder_and_overwrite_replaces_only_an_export(tiny_sam, tmp_path, capsys):
     model, variables, _, _ = tiny_sam
     write_checkpoint(model, variables, tmp_path / "ckpt", kind="sam")
     dst = tmp_path / "out"
-    dst.mkdir()
-    (dst / "old.txt").write_text("old")
-    assert cli.main(["export", str(tmp_path / "ckpt"), str(dst), "--format", "stablehlo", "--overwrite"]) == 0
+    command = ["export", str(tmp_path / "ckpt"), str(dst), "--format", "stablehlo"]
+    assert cli.main(command) == 0
+    assert "prompt_decoder: stablehlo" in capsys.readouterr().out
+    (dst / "image_encoder.stablehlo").write_bytes(b"stale")
+    assert cli.main([*command, "--overwrite"]) == 0
     assert sorted(p.name for p in dst.iterdir()) == ["README.md", "image_encoder.stablehlo", "metadata.json",
                                                      "prompt_decoder.stablehlo"]
-    assert "prompt_decoder: stablehlo" in capsys.readouterr().out
-    assert not (tmp_path / "out.partial").exists()
+    assert (dst / "image_encoder.stablehlo").read_bytes() != b"stale"
+    assert not list(tmp_path.glob("out.*"))  # no .partial or .old left
+    # A folder that is not an earlier export is never replaced, --overwrite or not.
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"cat")
+    assert cli.main(["export", str(tmp_path / "ckpt"), str(other), "--overwrite"]) == 2
+    assert "not an earlier export" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ["cat.jpg"]
 
 
 def test_the_vit_b_architecture_exports_faithfully(tmp_path):

@@ -63,9 +63,13 @@ def _require_onnx():
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} is a file; give a folder to export into")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another folder or pass overwrite "
-                              f"(--overwrite)")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} exists and is not empty; choose another folder or pass overwrite "
+                                  f"(--overwrite)")
+        if not (out_dir / "metadata.json").is_file():
+            raise FileExistsError(f"{out_dir} is not an earlier export (no metadata.json): overwrite replaces "
+                                  f"only those; choose another folder")
 
 
 def _cast(model, variables, dtype: str):
@@ -93,9 +97,14 @@ def _atomic_out_dir(out_dir: Path, write) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    if out_dir.exists():  # an empty folder or an earlier export (`_check_out_dir`)
+        old = out_dir.with_name(out_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out_dir)
     return out_dir
 
 
