@@ -231,7 +231,10 @@ def test_the_vit_classifier_exports_with_its_class_names(tmp_path, monkeypatch):
                         num_heads=2, head_zero_init=False)
     variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 32, 32, 3)))
     names = ["disc", "box", "wedge"]
-    paths = export_vit(model, variables, tmp_path / "vit", class_names=names, log=lambda *_: None)
+    # From a checkpoint folder with class names, through the command line.
+    write_checkpoint(model, variables, tmp_path / "ckpt", kind="vit", class_names=names)
+    assert cli.main(["export", str(tmp_path / "ckpt"), str(tmp_path / "vit")]) == 0
+    paths = {"classifier": {fmt: tmp_path / "vit" / f"classifier.{fmt}" for fmt in ("stablehlo", "onnx")}}
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     # The jitted JAX model on the same uint8 -> [-1, 1] mapping (numpy's x / 127.5 differs from XLA's by an ulp,
     # which a random ViT amplifies to 2e-6).
@@ -253,6 +256,8 @@ def test_the_vit_classifier_exports_with_its_class_names(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     resized = np.asarray(Image.open("photo.jpg").convert("RGB").resize((32, 32), Image.BICUBIC))
     assert namespace["top"] == int(np.argmax(jax_model(variables, resized[None])[0]))
+    with pytest.raises(ValueError, match="2 class names for a head of 3 classes"):
+        export_vit(model, variables, tmp_path / "vit2", class_names=names[:2])
 
 
 def test_lower_precision_and_several_platforms(tiny_sam, tmp_path):
