@@ -304,6 +304,7 @@ def test_bad_options_and_folders_are_one_line_errors(tiny_sam, tmp_path, capsys)
         (["--format", "tflite"], "unknown format 'tflite'"),
         (["--platforms", "metal"], "unknown platform 'metal'"),
         (["--dtype", "int8"], "unknown dtype 'int8'"),
+        (["--dtype", "float16"], "ONNX export is float32 only"),
     ]
     for extra, message in cases:
         assert cli.main(["export", str(tmp_path / "ckpt"), str(tmp_path / "new"), *extra]) == 2

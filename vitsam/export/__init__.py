@@ -45,6 +45,10 @@ def _check_options(formats, dtype, platforms) -> tuple[tuple[str, ...], tuple[st
             raise ValueError(f"unknown {name} {unknown[0]!r}; choose from {', '.join(valid)}")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    if "onnx" in formats and dtype != "float32":
+        # jax2onnx 0.17.1 emits Conv nodes with float16 / bfloat16 inputs and float32 weights, which onnx refuses.
+        raise ValueError(f"ONNX export is float32 only (jax2onnx cannot convert the {dtype} convolutions); "
+                         f"use --format stablehlo for {dtype}")
     if "onnx" in formats:
         _require_onnx()
     return formats, platforms
