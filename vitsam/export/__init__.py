@@ -130,14 +130,18 @@ def export_sam(model, variables: dict, out_dir, *, formats=FORMATS, dtype: str =
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     model, variables = _cast(model, variables, dtype)
-    if platforms != ("cpu",) or "onnx" in formats:
-        # The CPU-friendly row-chunked global attention is chosen at trace time from the default backend.
-        model = model.clone(attention_query_rows=0)
+    # The CPU-friendly row-chunked global attention is chosen at trace time from the default backend: keep it
+    # for a CPU-only StableHLO file; ONNX and other platforms get attention over all rows at once.
+    unchunked = model.clone(attention_query_rows=0)
+    stablehlo_model = model if platforms == ("cpu",) else unchunked
     description = files.describe_sam(model, max_side=max_side, onnx_points=onnx_points, dtype=dtype,
                                      source=source)
     constraints = (f"H <= {max_side}", f"W <= {max_side}")
-    progs = {"image_encoder": (programs.sam_image_encoder(model, variables, max_side), constraints),
-             "prompt_decoder": (programs.sam_prompt_decoder(model, variables), ())}
+    progs = {
+        "image_encoder": ({"stablehlo": programs.sam_image_encoder(stablehlo_model, variables, max_side),
+                           "onnx": programs.sam_image_encoder(unchunked, variables, max_side)}, constraints),
+        "prompt_decoder": (dict.fromkeys(FORMATS, programs.sam_prompt_decoder(model, variables)), ()),
+    }
     return _write_all(progs, out_dir, formats, platforms, description, log)
 
 
@@ -154,19 +158,20 @@ def export_vit(model, variables: dict, out_dir, *, formats=FORMATS, dtype: str =
     _check_out_dir(out_dir, overwrite)
     model, variables = _cast(model, variables, dtype)
     description = files.describe_vit(model, class_names=class_names, dtype=dtype, source=source)
-    progs = {"classifier": (programs.vit_classifier(model, variables), ())}
+    progs = {"classifier": (dict.fromkeys(FORMATS, programs.vit_classifier(model, variables)), ())}
     return _write_all(progs, out_dir, formats, platforms, description, log)
 
 
 def _write_all(progs: dict, out_dir: Path, formats, platforms, description: dict, log) -> dict:
-    """progs {name: (function, symbolic-dimension constraints)}: each program in each format, metadata.json and
+    """progs {name: ({format: function}, symbolic-dimension constraints)}: each program in each format, metadata.json and
     README.md, into out_dir (atomically). Returns {name: {format: path}}."""
     description = {**description, "formats": list(formats), "platforms": list(platforms)}
     written = {}
 
     def write(tmp: Path):
-        for name, (fn, constraints) in progs.items():
+        for name, (functions, constraints) in progs.items():
             for fmt in formats:
+                fn = functions[fmt]
                 start = time.perf_counter()
                 args = files.input_specs(description, name, fmt, constraints)
                 if fmt == "stablehlo":

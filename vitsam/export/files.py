@@ -103,7 +103,8 @@ def write_onnx(fn, args, path: Path, program: str, description: dict) -> Path:
     from jax2onnx import to_onnx
 
     spec = description["programs"][program]
-    logging.getLogger("jax2onnx").setLevel(logging.ERROR)
+    for name in ("jax2onnx", "onnx_ir"):  # hundreds of lines about value types it skips
+        logging.getLogger(name).setLevel(logging.ERROR)
     model = to_onnx(fn, args, opset=ONNX_OPSET, model_name=program,
                     input_names=[i["name"] for i in spec["inputs"]], output_names=[o["name"] for o in spec["outputs"]])
     entry = model.metadata_props.add()
