@@ -23,9 +23,9 @@ our ONNX file. onnxruntime runs with its default session options (its thread cou
 default (all cores).
 
 What the cases differ in: our decoders return all 4 masks at the original size (bool), segment-anything's
-export with `return_single_mask` one (float logits), `SamPredictor.predict` the 3 multimask ones. With ONNX among
-the formats, `export_sam` traces the encoder with the global attention unchunked (`attention_query_rows=0`) for
-the StableHLO file too, whereas `SamPredictor` on a CPU attends one grid row of queries at a time.
+export with `return_single_mask` one (float logits), `SamPredictor.predict` the 3 multimask ones. The ONNX encoder
+attends over the whole grid at once (`attention_query_rows=0`); the CPU-only StableHLO encoder, like
+`SamPredictor` on a CPU, one grid row of queries at a time.
 """
 
 from __future__ import annotations
