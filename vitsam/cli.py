@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SAM: the largest image side the exported encoder accepts (default 4096)")
     p.add_argument("--onnx-points", type=_positive_int, default=16,
                    help="SAM: point slots of the ONNX prompt decoder (pad with label -1; default 16)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT_DIR")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="time ViT / SAM (compile, step, images/s, FLOPs, MFU, memory), vs PyTorch peers")
