@@ -68,9 +68,15 @@ def start(trainer, workdir, args, *, processes=1, devices=8, timeout_s=300):
 def finish(procs, timeout=600):
     outs = [p.communicate(timeout=timeout) for p in procs]
     if any(p.returncode != 0 for p in procs):  # every process's end: the first to fail often blames another
-        raise AssertionError("\n".join(f"--- process {i}: exit {p.returncode}\n{err[-3000:]}"
+        raise AssertionError("\n".join(f"--- process {i}: exit {p.returncode}\n{_first_error(err)}{err[-3000:]}"
                                        for i, (p, (_, err)) in enumerate(zip(procs, outs))))
     return outs[0][0]
+
+
+def _first_error(err: str) -> str:
+    """The first Python traceback in a process's stderr (its cause; the tail shows only how the job ended)."""
+    at = err.find("Traceback (most recent call last)")
+    return "" if at < 0 or at >= len(err) - 3000 else err[at:at + 2000] + "\n[...]\n"
 
 
 def train(trainer, workdir, args, **kw):
