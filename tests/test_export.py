@@ -118,6 +118,16 @@ def _check_decoder(outputs, want, multimask, rel):
     assert np.mean(masks[0, pick] == want_masks) >= MASK_AGREEMENT
 
 
+def _check_encoders(predictor, image, encoder, encoder_onnx):
+    """Both exported encoders against `SamPredictor.set_image` on one image; returns the StableHLO embedding."""
+    predictor.set_image(image)
+    want = np.asarray(predictor.get_image_embedding())
+    embedding = np.asarray(encoder.call(image[None]))[0]
+    _close(embedding, want, STABLEHLO_REL)
+    _close(encoder_onnx.run(None, {"images": image[None]})[0][0], want, ONNX_REL)
+    return embedding
+
+
 def _check_prompt(model, predictor, embedding, shape, prompt, multimask, decoder, decoder_onnx):
     """One prompt through both exported decoders against `SamPredictor.predict`."""
     want = _predict(predictor, prompt, multimask)
@@ -137,12 +147,7 @@ def test_the_tiny_sam_exports_equal_the_predictor(tiny_sam, shape):
     decoder, decoder_onnx = _load(paths, "prompt_decoder")
     image = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
     predictor = SamPredictor(model, variables)
-    predictor.set_image(image)
-    want_embedding = np.asarray(predictor.get_image_embedding())
-    embedding = np.asarray(encoder.call(image[None]))[0]
-    _close(embedding, want_embedding, STABLEHLO_REL)
-    _close(encoder_onnx.run(None, {"images": image[None]})[0][0], want_embedding, ONNX_REL)
-
+    embedding = _check_encoders(predictor, image, encoder, encoder_onnx)
     for prompt in _prompts(shape, predictor).values():
         for multimask in (True, False):
             _check_prompt(model, predictor, embedding, shape, prompt, multimask, decoder, decoder_onnx)
@@ -355,10 +360,6 @@ def test_the_vit_b_architecture_exports_faithfully(tmp_path):
     predictor = SamPredictor(model, variables)
     for shape in ((480, 640), (700, 300)):
         image = np.random.default_rng(shape[0]).integers(0, 256, (*shape, 3), dtype=np.uint8)
-        predictor.set_image(image)
-        want_embedding = np.asarray(predictor.get_image_embedding())
-        embedding = np.asarray(encoder.call(image[None]))[0]
-        _close(embedding, want_embedding, STABLEHLO_REL)
-        _close(encoder_onnx.run(None, {"images": image[None]})[0][0], want_embedding, ONNX_REL)
+        embedding = _check_encoders(predictor, image, encoder, encoder_onnx)
         for prompt in _prompts(shape, predictor).values():
             _check_prompt(model, predictor, embedding, shape, prompt, True, decoder, decoder_onnx)
