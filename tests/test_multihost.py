@@ -74,9 +74,13 @@ def finish(procs, timeout=600):
 
 
 def _first_error(err: str) -> str:
-    """The first Python traceback in a process's stderr (its cause; the tail shows only how the job ended)."""
-    at = err.find("Traceback (most recent call last)")
-    return "" if at < 0 or at >= len(err) - 3000 else err[at:at + 2000] + "\n[...]\n"
+    """The first Python traceback or one-line trainer error ("vit: error: ...") in a process's stderr: its cause,
+    where the tail shows only how the job ended."""
+    found = [i for i in (err.find("Traceback (most recent call last)"), err.find(": error: ")) if i >= 0]
+    if not found:
+        return ""
+    at = err.rfind("\n", 0, min(found)) + 1
+    return "" if at >= len(err) - 3000 else err[at:at + 2000] + "\n[...]\n"
 
 
 def train(trainer, workdir, args, **kw):

@@ -342,6 +342,29 @@ def test_bad_batch_and_workdir_are_clear_errors(tmp_path):
         loop.run(fx.config(), blocker / "sub", fx.task())
 
 
+def test_processes_sharing_a_workdir_all_pass_its_writability_check(tmp_path):
+    """Every process of a multi-process run checks the one workdir at the same moment (one host, or a shared
+    filesystem); none may see another's probe vanish. Threads stand in for the processes (300 checks each)."""
+    import threading
+
+    errors = []
+
+    def check():
+        for _ in range(300):
+            try:
+                loop.prepare_workdir(tmp_path)
+            except Exception as e:  # noqa: BLE001 - collected, asserted below
+                errors.append(e)
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert list(tmp_path.iterdir()) == []  # no probe left behind
+
+
 def test_decay_mask_skips_biases_norms_and_embeddings():
     model = fx.vit_variant("Ti/16", num_classes=3, image_size=16, patch_size=4, width=16, depth=1, mlp_dim=16,
                            num_heads=2)

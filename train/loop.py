@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -44,9 +45,14 @@ def prepare_workdir(workdir) -> Path:
     path = Path(workdir).expanduser().absolute()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_probe"
-        probe.write_text("ok")
-        probe.unlink()
+        # A probe of its own per process: processes sharing the workdir (one host, or a shared filesystem) must
+        # not remove each other's.
+        fd, probe = tempfile.mkstemp(prefix=".write_probe", dir=path)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     except OSError as e:
         raise ValueError(f"workdir {path} is not writable: {e}") from None
     return path
