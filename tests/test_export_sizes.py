@@ -62,6 +62,7 @@ def test_logits_at_the_original_size_equal_the_static_size_postprocessing(shape)
     input_size = processing.resized_shape(*shape, 256)
     want = np.asarray(processing.postprocess_logits(jnp.asarray(low), input_size, shape, 256))
     # The static version computes its source coordinates on the host; XLA's CPU code fuses the run-time
-    # scale · (i + ½) − ½ into one multiply-add, which moves a coordinate by up to an ulp (≈ 2e-5 px at 180).
+    # scale · (i + ½) − ½ into one multiply-add, which moves a coordinate by up to an ulp (≈ 2e-5 px at 180),
+    # and the run-time version sums the composed taps of both resizes in one pass (float32 rounding).
     np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-4)
     assert np.mean((np.asarray(got) > 0) == (want > 0)) >= 0.9999

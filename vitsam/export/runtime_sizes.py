@@ -14,7 +14,7 @@ from the input's shape, in int32 / float32 arithmetic that gives the host functi
   long division; Pillow's float64 values never lie within 10⁻⁶ of a rounding boundary, so both agree.
   A static `taps` bounds the window (2·⌈support⌉ + 1 source pixels): `max_taps(max_side, S)`.
 - `crop_and_resize_logits`: the official post-processing (upscale to S × S, crop the resized image, resize
-  to the original size) with the crop and the last resize fused into one gather of run-time indices.
+  to the original size) as one linear map per axis of the low-res logits, with run-time taps.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from vitsam.models.sam.processing import PIXEL_MEAN, PIXEL_STD, resize_bilinear
+from vitsam.models.sam.interpolate import linear_taps
+from vitsam.models.sam.processing import PIXEL_MEAN, PIXEL_STD
 
 _PRECISION_BITS = 22  # Pillow's fixed point for 8-bit resampling
 
@@ -103,16 +104,31 @@ def _linear_taps(in_valid, out_len_value, out_len: int):
     return i0, i1, src - i0.astype(jnp.float32)
 
 
+def _composed_taps(valid, length_value, length: int, low_res: int, image_size: int):
+    """The official two resizes of one axis composed: low-res (`low_res` entries) -> `image_size` (static taps),
+    then its first `valid` entries -> `length` (run-time taps). Per output position 4 source indices into the
+    low-res axis and their weights: lists of 4 (length,) int32 and float32 arrays."""
+    i0, i1, frac = _linear_taps(valid, length_value, length)
+    u0, u1, g = (jnp.asarray(a) for a in linear_taps(low_res, image_size, fused=False))
+    g0, g1 = g[i0], g[i1]
+    return [u0[i0], u1[i0], u0[i1], u1[i1]], [(1 - frac) * (1 - g0), (1 - frac) * g0, frac * (1 - g1), frac * g1]
+
+
 def crop_and_resize_logits(low_res: jnp.ndarray, height, width, image_size: int) -> jnp.ndarray:
     """Low-res logits (N, C, m, m) -> logits (N, C, H, W) at the original size H × W (symbolic dimensions),
-    as `processing.postprocess_logits`: bilinear to (S, S), crop the resized image, bilinear to (H, W)."""
-    up = resize_bilinear(low_res, (image_size, image_size))
+    as `processing.postprocess_logits`: bilinear to (S, S), crop the resized image, bilinear to (H, W).
+
+    Both resizes and the crop are linear along each axis, so they are applied as one map per axis on the
+    low-res logits (4 taps per output pixel): the columns as a product with an (m, W) matrix, the rows as 4
+    gathers. Nothing of size S × S is built, and the only gathers copy whole rows (gathers along the last axis
+    are slow in onnxruntime). The sums run in another order than the two resizes', so logits differ by float32
+    rounding (~1e-7 relative)."""
+    m = low_res.shape[-1]
     h, w = jnp.asarray(height, jnp.int32), jnp.asarray(width, jnp.int32)
     new_h, new_w = resized_size(h, w, image_size)
-    for axis, valid, size, length in ((-2, new_h, h, height), (-1, new_w, w, width)):
-        i0, i1, frac = _linear_taps(valid, size, length)
-        if axis == -2:  # indexing and frac[:, None] rather than jnp.take and reshape: jax2onnx keeps the dims
-            up = up[..., i0, :] * (1 - frac[:, None]) + up[..., i1, :] * frac[:, None]
-        else:
-            up = up[..., i0] * (1 - frac) + up[..., i1] * frac
-    return up
+    index, weight = _composed_taps(new_w, w, width, m, image_size)
+    source = lax.iota(jnp.int32, m)[None, :]
+    columns = sum(jnp.where(source == i[:, None], wi[:, None], 0.0) for i, wi in zip(index, weight))  # (W, m)
+    x = jnp.matmul(low_res.astype(jnp.float32), columns.T)  # (N, C, m, W)
+    index, weight = _composed_taps(new_h, h, height, m, image_size)
+    return sum(jnp.take(x, i, axis=-2) * wi[:, None] for i, wi in zip(index, weight))
