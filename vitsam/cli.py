@@ -253,6 +253,27 @@ def _export(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from vitsam.extras import missing_package_message
+
+    try:
+        import uvicorn
+
+        from vitsam.serve import create_app_for_checkpoint
+    except ModuleNotFoundError as e:
+        message = missing_package_message(e)
+        raise ImportError(message or str(e)) from None
+    if not Path(args.checkpoint).exists():
+        raise FileNotFoundError(f"no such checkpoint: {args.checkpoint}")
+    print(f"loading {args.checkpoint} ...", flush=True)
+    app = create_app_for_checkpoint(args.checkpoint, cache_images=args.cache_images,
+                                    max_upload_bytes=int(args.max_upload_mb * (1 << 20)))
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"vitsam serve: open http://{host}:{args.port}/  (Ctrl+C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _bench(args) -> int:
     from vitsam.bench.cli import run_cli
 
@@ -413,6 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SAM: point slots of the ONNX prompt decoder (pad with label -1; default 16)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT_DIR")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("serve", help="the interactive web app: segment (SAM) or classify (ViT) images in the browser")
+    p.add_argument("--checkpoint", required=True, help="an official sam_vit_*.pth or ViT file, a `vitsam convert` "
+                                                        "folder or a training workdir")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                                                       "0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
+    p.add_argument("--cache-images", type=_positive_int, default=8,
+                   help="images (with their embeddings) kept in memory; older ones are dropped (default 8)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MiB (default 20)")
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("bench", help="time ViT / SAM (compile, step, images/s, FLOPs, MFU, memory), vs PyTorch peers")
     add_bench_arguments(p)

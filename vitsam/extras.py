@@ -7,6 +7,7 @@ EXTRA_OF = {
     "tensorflow_datasets": "data", "grain": "data", "array_record": "data", "threadpoolctl": "data",
     "importlib_resources": "data", "matplotlib": "viz", "safetensors": "safetensors", "torch": "torch",
     "libtpu": "tpu", "segment_anything": "parity", "timm": "parity", "torchvision": "parity",
+    "starlette": "serve", "uvicorn": "serve", "httpx": "serve",
 }
 
 
