@@ -234,7 +234,10 @@ def test_keep_everything_and_the_annotation_file(client, image):
     assert client.post(f"/api/images/{image_id}/keep", json={"result": one["result"], "index": 1}).json() == {"kept": 1}
     bad = client.post(f"/api/images/{image_id}/keep", json={"result": one["result"], "index": 3})
     assert bad.status_code == 400
-    everything = client.post(f"/api/images/{image_id}/everything", json={"points_per_side": 4}).json()
+    # No filtering by predicted IoU or stability, so that the random-weight model yields masks to compare.
+    everything = client.post(f"/api/images/{image_id}/everything",
+                             json={"points_per_side": 4, "pred_iou_thresh": 0, "stability_score_thresh": 0}).json()
+    assert everything["count"] > 0
     overlay = decode_url(everything["overlay"])
     assert overlay.shape == (H, W, 4)
     assert client.post(f"/api/images/{image_id}/everything", json={"points_per_side": 500}).status_code == 400
@@ -249,9 +252,11 @@ def test_keep_everything_and_the_annotation_file(client, image):
     np.testing.assert_array_equal(kept, decode_url(one["masks"][1]) > 127)
     assert annotations[0]["area"] == int(kept.sum())
     assert all(a["segmentation"]["size"] == [H, W] for a in annotations)
-    if everything["count"]:  # the overlay is opaque exactly where some mask is
-        union = np.any([rle.decode(a["segmentation"]) for a in annotations[1:]], axis=0)
-        np.testing.assert_array_equal(overlay[..., 3] > 0, union)
+    union = np.any([rle.decode(a["segmentation"]) for a in annotations[1:]], axis=0)
+    np.testing.assert_array_equal(overlay[..., 3] > 0, union)  # the overlay is opaque exactly where some mask is
+    for field, value in (("pred_iou_thresh", 2), ("colour", 1)):
+        r = client.post(f"/api/images/{image_id}/everything", json={field: value})
+        assert r.status_code == 400 and field in r.json()["error"]
 
     assert client.post(f"/api/images/{image_id}/reset").json() == {"kept": 0}
     assert client.get(f"/api/images/{image_id}/annotations.json").json()["annotations"] == []

@@ -13,7 +13,8 @@ HTTP API (JSON unless said otherwise; errors are {"error": message} with a 4xx s
                                        -> {"result": id, "masks": [PNG data URL], "iou": [...], "best": c,
                                        "decoder_ms"}; only the prompt encoder and mask decoder run
   POST /api/images/{id}/keep           {"result": id, "index": c}: add that mask to the image's annotations
-  POST /api/images/{id}/everything     {"points_per_side": n} -> the automatic mask generator's masks:
+  POST /api/images/{id}/everything     {"points_per_side": 32, "pred_iou_thresh": 0.88,
+                                       "stability_score_thresh": 0.95} -> the automatic mask generator's masks:
                                        {"count", "overlay": RGBA PNG data URL, "everything_ms"}
   GET  /api/images/{id}/annotations.json   kept + "everything" masks as an SA-1B annotation file (COCO RLE)
   POST /api/images/{id}/reset          forget the kept and "everything" masks
@@ -272,12 +273,23 @@ class App:
         entry = self.entry(image_id)
         from vitsam.mask_generator import SamAutomaticMaskGenerator
 
-        n = (body or {}).get("points_per_side", 32)
+        body = body or {}
+        unknown = set(body) - {"points_per_side", "pred_iou_thresh", "stability_score_thresh"}
+        if unknown:
+            raise BadUpload(400, f"unknown field(s) {sorted(unknown)}: use points_per_side, pred_iou_thresh, "
+                                 "stability_score_thresh")
+        n = body.get("points_per_side", 32)
         if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= 64:
             raise BadUpload(400, f"points_per_side must be an integer in 2 … 64, got {n!r}")
+        thresholds = {}
+        for name, default in (("pred_iou_thresh", 0.88), ("stability_score_thresh", 0.95)):
+            value = body.get(name, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise BadUpload(400, f"{name} must be a number in [0, 1], got {value!r}")
+            thresholds[name] = float(value)
         start = time.perf_counter()
         with self._everything_lock:
-            generator = SamAutomaticMaskGenerator(self.model, self.variables, points_per_side=n)
+            generator = SamAutomaticMaskGenerator(self.model, self.variables, points_per_side=n, **thresholds)
             records = generator.generate(entry.image)
         elapsed = time.perf_counter() - start
         with entry.lock:

@@ -47,12 +47,18 @@ async function loadImage(request, label) {
     picture.src = `/api/images/${answer.image}/image.png`;
     await picture.decode();
     state.image = answer;
+    state.lastEncodeRoundTripMs = performance.now() - started;
     state.history = [];
     for (const id of ["image", "everything-layer", "mask", "prompts"]) {
       $(id).width = answer.width;
       $(id).height = answer.height;
     }
     $("image").getContext("2d").drawImage(picture, 0, 0);
+    // Shown as large as the pane allows (small images scaled up, large ones down); the other layers follow.
+    const pane = $("main");
+    const scale = Math.min((pane.clientWidth - 40) / answer.width, (pane.clientHeight - 40) / answer.height);
+    $("image").style.width = `${Math.max(1, Math.round(answer.width * scale))}px`;
+    $("image").style.height = `${Math.max(1, Math.round(answer.height * scale))}px`;
     $("stage").style.display = "block";
     clear("everything-layer");
     redraw();
@@ -99,6 +105,7 @@ async function prompt(points, box, text) {
     state.history.push({points, box, text, result: answer.result, masks, iou: answer.iou, picked: answer.best});
     redraw();
     state.lastRoundTripMs = performance.now() - started;
+    state.lastDecoderMs = answer.decoder_ms;
     $("timing").textContent = `decoder ${answer.decoder_ms} ms (server), ` +
       `${Math.round(state.lastRoundTripMs)} ms from click to mask drawn`;
     setStatus("");
