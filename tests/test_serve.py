@@ -40,7 +40,12 @@ def png(image: np.ndarray, fmt="PNG", **save) -> bytes:
 
 def decode_url(url: str) -> np.ndarray:
     assert url.startswith("data:image/png;base64,")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA"))
+
+
+def drawn(url: str) -> np.ndarray:
+    """A mask as the page draws it: the opaque pixels of the overlay PNG."""
+    return decode_url(url)[..., 3] > 0
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +100,8 @@ def test_upload_returns_the_size_and_the_image_as_held(client, uploaded, image):
 
 def _check(answer, want):
     masks, iou, _ = want
-    got = np.stack([decode_url(u) for u in answer["masks"]])
-    np.testing.assert_array_equal(got > 127, masks)
+    got = np.stack([drawn(u) for u in answer["masks"]])
+    np.testing.assert_array_equal(got, masks)
     np.testing.assert_allclose(answer["iou"], iou, rtol=1e-6)
     assert answer["best"] == int(np.argmax(iou))
 
@@ -249,7 +254,12 @@ def test_keep_everything_and_the_annotation_file(client, image):
     annotations = record["annotations"]
     assert len(annotations) == 1 + everything["count"]
     kept = rle.decode(annotations[0]["segmentation"])
-    np.testing.assert_array_equal(kept, decode_url(one["masks"][1]) > 127)
+    np.testing.assert_array_equal(kept, drawn(one["masks"][1]))
+    download = client.get(f"/api/images/{image_id}/results/{one['result']}/1.png")
+    assert download.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(download.content))), np.where(kept, 255, 0))
+    assert client.get(f"/api/images/{image_id}/results/{one['result']}/7.png").status_code == 400
+    assert client.get(f"/api/images/{image_id}/results/nope/0.png").status_code == 404
     assert annotations[0]["area"] == int(kept.sum())
     assert all(a["segmentation"]["size"] == [H, W] for a in annotations)
     union = np.any([rle.decode(a["segmentation"]) for a in annotations[1:]], axis=0)

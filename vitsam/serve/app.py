@@ -10,8 +10,10 @@ HTTP API (JSON unless said otherwise; errors are {"error": message} with a 4xx s
   GET  /api/images/{id}/image.png      the image as the server holds it (upright RGB)
   POST /api/images/{id}/predict        SAM prompts {"points": [[x, y, label], ...], "box": [x0, y0, x1, y1],
                                        "text": str, "mask_input": {"result": id, "index": c}, "multimask": bool}
-                                       -> {"result": id, "masks": [PNG data URL], "iou": [...], "best": c,
-                                       "decoder_ms"}; only the prompt encoder and mask decoder run
+                                       -> {"result": id, "masks": [PNG data URL: the mask in MASK_RGBA on
+                                       transparent], "iou": [...], "best": c, "decoder_ms"}; only the prompt
+                                       encoder and mask decoder run
+  GET  /api/images/{id}/results/{result}/{c}.png   mask c of a result, black and white (255 inside)
   POST /api/images/{id}/keep           {"result": id, "index": c}: add that mask to the image's annotations
   POST /api/images/{id}/everything     {"points_per_side": 32, "pred_iou_thresh": 0.88,
                                        "stability_score_thresh": 0.95} -> the automatic mask generator's masks:
@@ -68,6 +70,22 @@ def png_bytes(image: np.ndarray) -> bytes:
 def png_data_url(image: np.ndarray) -> str:
     """`png_bytes` as "data:image/png;base64,..."."""
     return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+
+
+MASK_RGBA = (30, 144, 255, 128)  # how the page shows the current mask
+
+
+def mask_overlay_png(mask: np.ndarray, rgba=MASK_RGBA) -> bytes:
+    """Mask (H, W) bool -> a two-colour palette PNG: transparent outside, `rgba` inside. The page draws it as is
+    (no per-pixel work in the browser); it is ~5 ms to encode at 1024 x 768."""
+    from PIL import Image
+
+    mask = np.asarray(mask, bool)
+    im = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.astype(np.uint8).tobytes())
+    im.putpalette([0, 0, 0, *rgba[:3]])
+    buffer = io.BytesIO()
+    im.save(buffer, format="PNG", transparency=bytes([0, rgba[3]]))
+    return buffer.getvalue()
 
 
 def colored_masks(masks, alpha: int = 140) -> np.ndarray:
@@ -251,9 +269,16 @@ class App:
             elapsed = time.perf_counter() - start
         result_id = new_id()
         entry.results.put(result_id, (low_res, masks, iou))
-        return {"result": result_id, "masks": [png_data_url(m) for m in masks],
+        overlays = ["data:image/png;base64," + base64.b64encode(mask_overlay_png(m)).decode() for m in masks]
+        return {"result": result_id, "masks": overlays,
                 "iou": [float(v) for v in iou], "best": int(np.argmax(iou)),
                 "decoder_ms": round(1000 * elapsed, 1)}
+
+    def mask_png(self, image_id: str, result_id: str, index: str) -> bytes:
+        """One mask of a result as a black and white PNG (255 inside), for download."""
+        entry = self.entry(image_id)
+        (_, masks, _), index = self._result(entry, {"result": result_id, "index": int(index)})
+        return png_bytes(masks[index])
 
     def keep(self, image_id: str, body: dict) -> dict:
         """Add a result's mask to the image's annotations."""

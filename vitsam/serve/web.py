@@ -88,6 +88,14 @@ def create_app(model, variables: dict, kind: str, **options):
         entry = state.entry(request.path_params["image"])
         return Response(await run_in_threadpool(png_bytes, entry.image), media_type="image/png")
 
+    async def result_png(request):
+        p = request.path_params
+        if not p["index"].isdigit():
+            raise BadUpload(404, f"no mask {p['index']!r}")
+        data = await run_in_threadpool(state.mask_png, p["image"], p["result"], p["index"])
+        return Response(data, media_type="image/png",
+                        headers={"Content-Disposition": f'attachment; filename="mask_{p["index"]}.png"'})
+
     def on_image(method):
         async def work(request):
             body = await read_json(request)
@@ -111,6 +119,7 @@ def create_app(model, variables: dict, kind: str, **options):
         Route("/api/examples/{name}", handler(example), methods=["POST"]),
         Route("/api/images/{image}/image.png", handler(image_png)),
         Route("/api/images/{image}/predict", handler(on_image(state.predict)), methods=["POST"]),
+        Route("/api/images/{image}/results/{result}/{index}.png", handler(result_png)),
         Route("/api/images/{image}/keep", handler(on_image(state.keep)), methods=["POST"]),
         Route("/api/images/{image}/everything", handler(on_image(state.everything)), methods=["POST"]),
         Route("/api/images/{image}/annotations.json", handler(annotations)),

@@ -4,8 +4,6 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const MASK_RGB = [30, 144, 255];
-
 const state = {
   info: null,
   image: null,        // {image: id, width, height}
@@ -101,7 +99,9 @@ async function prompt(points, box, text) {
     const started = performance.now();
     const answer = await api(`/api/images/${state.image.image}/predict`, {
       method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
-    const masks = await Promise.all(answer.masks.map(loadMask));
+    // Only the mask shown now is awaited; the other candidates decode meanwhile (awaited when picked).
+    const masks = answer.masks.map(maskImage);
+    await masks[answer.best].decode();
     state.history.push({points, box, text, result: answer.result, masks, iou: answer.iou, picked: answer.best});
     redraw();
     state.lastRoundTripMs = performance.now() - started;
@@ -116,23 +116,10 @@ async function prompt(points, box, text) {
   }
 }
 
-async function loadMask(url) {
-  const picture = new Image();
+function maskImage(url) {
+  const picture = new Image();  // the mask in colour on transparent: drawn as is
   picture.src = url;
-  await picture.decode();
-  const canvas = document.createElement("canvas");
-  canvas.width = picture.width;
-  canvas.height = picture.height;
-  const ctx = canvas.getContext("2d");
-  ctx.drawImage(picture, 0, 0);
-  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
-  const data = pixels.data;  // grey mask 0 / 255 -> blue with alpha
-  for (let i = 0; i < data.length; i += 4) {
-    const inside = data[i] > 127;
-    data[i] = MASK_RGB[0]; data[i + 1] = MASK_RGB[1]; data[i + 2] = MASK_RGB[2];
-    data[i + 3] = inside ? 128 : 0;
-  }
-  return {url, pixels};
+  return picture;
 }
 
 function clear(id) {
@@ -143,7 +130,7 @@ function clear(id) {
 function redraw() {
   const step = current();
   clear("mask");
-  if (step && step.masks) $("mask").getContext("2d").putImageData(step.masks[step.picked].pixels, 0, 0);
+  if (step && step.masks) $("mask").getContext("2d").drawImage(step.masks[step.picked], 0, 0);
   drawPrompts(step);
   const list = $("candidates");
   list.innerHTML = "";
@@ -152,7 +139,11 @@ function redraw() {
       const b = document.createElement("button");
       b.className = "candidate" + (k === step.picked ? " picked" : "");
       b.textContent = `mask ${k + 1}: predicted IoU ${iou.toFixed(3)}`;
-      b.onclick = () => { step.picked = k; redraw(); };
+      b.onclick = async () => {
+        await step.masks[k].decode();
+        step.picked = k;
+        redraw();
+      };
       list.appendChild(b);
     });
   }
@@ -317,7 +308,7 @@ async function start() {
   $("download-mask").onclick = () => {
     const step = current();
     if (!step || !step.masks) return setStatus("no mask yet: click the image first", "error");
-    download(step.masks[step.picked].url, "mask.png");
+    download(`/api/images/${state.image.image}/results/${step.result}/${step.picked}.png`, "mask.png");
   };
   $("download-annotations").onclick = () => {
     if (!state.image) return;
