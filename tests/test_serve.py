@@ -306,6 +306,8 @@ def test_the_command_line_refuses_a_missing_checkpoint(capsys):
 
     assert cli.main(["serve", "--checkpoint", "/no/such/ckpt"]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+    assert cli.main(["serve", "--checkpoint", "/no/such/ckpt", "--max-upload-mb", "0"]) == 2
+    assert "--max-upload-mb must be positive" in capsys.readouterr().err
 
 
 def test_json_limit_and_unknown_routes(client, uploaded):

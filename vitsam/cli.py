@@ -263,6 +263,8 @@ def _serve(args) -> int:
     except ModuleNotFoundError as e:
         message = missing_package_message(e)
         raise ImportError(message or str(e)) from None
+    if not args.max_upload_mb > 0:
+        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"no such checkpoint: {args.checkpoint}")
     print(f"loading {args.checkpoint} ...", flush=True)

@@ -126,6 +126,7 @@ class App:
 
         self.model, self.kind, self.source = model, kind, source
         self.variables = jax.tree.map(jnp.asarray, variables)  # on the device once, shared by every image
+        self._vit_logits = jax.jit(model.apply) if kind == "vit" else None  # compiled once, not per upload
         self.class_names = list(class_names) if class_names else None
         self.images = LRU(cache_images)
         self.max_upload_bytes, self.max_pixels = int(max_upload_bytes), int(max_pixels)
@@ -168,7 +169,6 @@ class App:
 
     def _classify(self, image: np.ndarray) -> dict:
         """Top-5 classes and the attention rollout of the class token (or of all tokens), as a heat map."""
-        import jax
         from PIL import Image
 
         from vitsam.figures import attention_rollout, vit_attention_maps
@@ -176,7 +176,7 @@ class App:
         size = self.model.image_size
         shown = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
         x = shown.astype(np.float32) / 127.5 - 1.0
-        logits = np.asarray(jax.jit(self.model.apply)(self.variables, x[None]))[0].astype(np.float64)
+        logits = np.asarray(self._vit_logits(self.variables, x[None]))[0].astype(np.float64)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         top = [{"class": int(i), "name": self.class_names[i] if self.class_names else f"class {int(i)}",
