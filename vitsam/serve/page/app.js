@@ -47,6 +47,7 @@ async function loadImage(request, label) {
     state.image = answer;
     state.lastEncodeRoundTripMs = performance.now() - started;
     state.history = [];
+    state.everythingCount = undefined;
     for (const id of ["image", "everything-layer", "mask", "prompts"]) {
       $(id).width = answer.width;
       $(id).height = answer.height;
@@ -263,6 +264,7 @@ async function reset() {
   state.history = [];
   redraw();
   clear("everything-layer");
+  state.everythingCount = undefined;
   $("kept").textContent = "";
   if (state.image) await api(`/api/images/${state.image.image}/reset`, {method: "POST"}).catch(() => {});
 }
