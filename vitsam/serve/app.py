@@ -67,9 +67,14 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def data_url(png: bytes) -> str:
+    """PNG file bytes -> "data:image/png;base64,..."."""
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
 def png_data_url(image: np.ndarray) -> str:
-    """`png_bytes` as "data:image/png;base64,..."."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+    """`png_bytes` as a data URL."""
+    return data_url(png_bytes(image))
 
 
 MASK_RGBA = (30, 144, 255, 128)  # how the page shows the current mask
@@ -269,8 +274,7 @@ class App:
             elapsed = time.perf_counter() - start
         result_id = new_id()
         entry.results.put(result_id, (low_res, masks, iou))
-        overlays = ["data:image/png;base64," + base64.b64encode(mask_overlay_png(m)).decode() for m in masks]
-        return {"result": result_id, "masks": overlays,
+        return {"result": result_id, "masks": [data_url(mask_overlay_png(m)) for m in masks],
                 "iou": [float(v) for v in iou], "best": int(np.argmax(iou)),
                 "decoder_ms": round(1000 * elapsed, 1)}
 

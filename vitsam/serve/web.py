@@ -143,10 +143,11 @@ def create_app_for_checkpoint(checkpoint, **options):
     trainer workdirs); a ViT's class names come from its model.json."""
     from pathlib import Path
 
+    from vitsam.checkpoint import read_model_spec
     from vitsam.convert import load_model
 
     model, variables, kind = load_model(checkpoint)
     spec = Path(checkpoint, "model.json")
     if kind == "vit" and "class_names" not in options and spec.is_file():
-        options["class_names"] = json.loads(spec.read_text()).get("class_names")
+        options["class_names"] = read_model_spec(spec).get("class_names")
     return create_app(model, variables, kind, source=str(checkpoint), **options)
