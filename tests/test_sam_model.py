@@ -95,6 +95,33 @@ def test_multimask_is_masks_1_to_3_and_single_is_mask_0(tiny):
     np.testing.assert_allclose(iou_single, all_iou[:, :1], **TOL)
 
 
+def test_a_shared_embedding_equals_it_repeated_per_prompt_set(tiny):
+    """Embeddings (1, h, w, D) for N prompt sets give what the same embedding repeated N times gives."""
+    model, variables, emb, decode = tiny
+    coords, labels = _points()
+    mask = jax.random.normal(jax.random.PRNGKey(6), (2, 64, 64, 1)) * 4.0
+    one = emb[:1]
+    repeated = jnp.repeat(one, 2, axis=0)
+    for prompts in ((coords, labels, None, None), (coords, labels, BOXES, None), (None, None, BOXES, mask)):
+        shared_logits, shared_iou = decode(variables, one, *prompts, None, multimask=True)
+        logits, iou = decode(variables, repeated, *prompts, None, multimask=True)
+        assert shared_logits.shape == (2, 3, 64, 64)
+        np.testing.assert_allclose(shared_logits, logits, **TOL)
+        np.testing.assert_allclose(shared_iou, iou, **TOL)
+
+
+def test_decode_tokens_then_masks_of_a_selection_equal_decode(tiny):
+    """The two halves give decode's masks, also for a subset of the prompt sets and of the masks."""
+    model, variables, emb, decode = tiny
+    coords, labels = _points()
+    logits, iou = decode(variables, emb, coords, labels, None, None, None, multimask=True)
+    hyper, src, iou2 = jax.jit(lambda v: model.apply(v, emb, coords, labels, multimask_output=True,
+                                                     method=model.decode_tokens))(variables)
+    np.testing.assert_allclose(iou2, iou, **TOL)
+    picked = jax.jit(lambda v: model.apply(v, src[1:], hyper[1:, ::2], (16, 16), method=model.decode_masks))(variables)
+    np.testing.assert_allclose(picked, logits[1:, ::2], **TOL)
+
+
 @pytest.mark.parametrize("n_pad", [1, 3])
 def test_padding_points_do_not_change_result(tiny, n_pad):
     model, variables, emb, decode = tiny

@@ -211,12 +211,11 @@ def _decode(model, variables, embedding, scale, point_coords=None, point_labels=
             text_ids=None, *, multimask_output: bool):
     """embedding (h, w, D), scale (2,) original -> input frame, prompts with N rows (in original pixels)
     -> low-res logits (N, C, m, m), IoU predictions (N, C)."""
-    n = next(x.shape[0] for x in (point_coords, box, mask_input, text_ids) if x is not None)
-    emb = jnp.broadcast_to(embedding[None], (n, *embedding.shape))
+    emb = embedding[None]  # shared by the N prompt sets
     if point_coords is not None:
         point_coords = point_coords * scale
     if box is not None:
-        box = (box.reshape(n, 2, 2) * scale).reshape(n, 4)
+        box = (box.reshape(-1, 2, 2) * scale).reshape(-1, 4)
     if mask_input is not None:
         mask_input = mask_input[..., None]
     return model.apply(variables, emb, point_coords, point_labels, box, mask_input, text_ids, multimask_output,

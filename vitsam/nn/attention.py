@@ -81,7 +81,8 @@ class MultiHeadAttention(nn.Module):
 
     Self-attention: `mha(x)`. Cross-attention: `mha(x_q, x_kv)`, queries from one sequence and keys/values
     from another; `inputs_v=` gives the values a different input than the keys (B, S, D_kv).
-    Inputs (B, T, D) and (B, S, D_kv); output (B, T, out_features or D).
+    Inputs (B, T, D) and (B, S, D_kv); output (B, T, out_features or D). One side may have a batch of 1
+    while the other has B: it is projected once and shared (an image attended by B prompt sets).
 
     Parameters (the layout of Flax's MultiHeadDotProductAttention and of published ViT checkpoints):
     `query`, `key`, `value` kernels (D, H, Dh) with biases (H, Dh); `out` kernel (H, Dh, D_out), bias (D_out,).
@@ -106,7 +107,8 @@ class MultiHeadAttention(nn.Module):
                  bias: jnp.ndarray | None = None, mask: jnp.ndarray | None = None) -> jnp.ndarray:
         inputs_kv = inputs_q if inputs_kv is None else inputs_kv
         inputs_v = inputs_kv if inputs_v is None else inputs_v  # SAM: keys carry a positional term, values not
-        if inputs_q.ndim != 3 or inputs_kv.ndim != 3 or inputs_v.shape != inputs_kv.shape:
+        if inputs_q.ndim != 3 or inputs_kv.ndim != 3 or inputs_v.shape[1:] != inputs_kv.shape[1:] \
+                or len({inputs_q.shape[0], inputs_kv.shape[0], inputs_v.shape[0]} - {1}) > 1:
             raise ValueError(f"MultiHeadAttention expects (B, T, D) inputs, got {inputs_q.shape} and {inputs_kv.shape}"
                              f" (values {inputs_v.shape})")
         features = self.qkv_features or inputs_q.shape[-1]
@@ -117,6 +119,8 @@ class MultiHeadAttention(nn.Module):
             (self.num_heads, head_dim), use_bias=self.use_bias, kernel_init=self.kernel_init,
             dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         q, k, v = proj("query")(inputs_q), proj("key")(inputs_kv), proj("value")(inputs_v)
+        batch = max(q.shape[0], k.shape[0], v.shape[0])
+        q, k, v = (jnp.broadcast_to(x, (batch, *x.shape[1:])) for x in (q, k, v))
         impl = "einsum" if self.sow_weights else self.implementation
         out = dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl, return_weights=self.sow_weights)
         if self.sow_weights:

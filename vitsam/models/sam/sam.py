@@ -123,13 +123,31 @@ class Sam(nn.Module):
         """Prompts -> low-res mask logits (N, C, 4h, 4w) and IoU predictions (N, C), C = 3 or 1
         (multimask_output None: all 4, the single-mask output first).
 
-        image_embeddings (N, h, w, D), one per prompt set; point_coords (N, P, 2) and point_labels (N, P);
-        boxes (N, 4); mask_input (N, 4h, 4w, 1) low-res logits; text_ids (N, L). Each may be None.
+        image_embeddings (N, h, w, D), one per prompt set, or (1, h, w, D) shared by all N (the decoder's
+        first image projections then run once, not N times); point_coords (N, P, 2) and point_labels (N, P);
+        boxes (N, 4); mask_input (N, 4h, 4w, 1) low-res logits; text_ids (N, L). Each prompt may be None.
         """
+        hyper, src, iou = self.decode_tokens(image_embeddings, point_coords, point_labels, boxes, mask_input,
+                                             text_ids, multimask_output)
+        return self.decode_masks(src, hyper, image_embeddings.shape[1:3]), iou
+
+    def decode_masks(self, src, hyper, size: tuple[int, int]):
+        """`decode_tokens`' image tokens (N, hw, D) and hypernetwork outputs (N, C, D/8) (all or a selection)
+        -> low-res mask logits (N, C, 4h, 4w); size = (h, w)."""
+        return self.mask_decoder.upscale(src, hyper, size)
+
+    def decode_tokens(self, image_embeddings, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                      text_ids=None, multimask_output: bool = True):
+        """`decode` up to the masks: the same arguments -> hypernetwork outputs (N, C, D/8), image tokens
+        (N, hw, D) and IoU predictions (N, C); `decode_masks` finishes. For callers that build only the masks
+        whose IoU prediction passes a filter."""
         emb = image_embeddings
         if emb.ndim != 4 or emb.shape[-1] != self.prompt_dim:
             raise ValueError(f"image embeddings must be (N, h, w, {self.prompt_dim}), got shape {emb.shape}")
+        prompts = [x for x in (point_coords, boxes, mask_input, text_ids) if x is not None]
         n, h, w, _ = emb.shape
+        if emb.shape[0] == 1 and prompts:  # one embedding shared by every prompt set
+            n = prompts[0].shape[0]
         frame = (h * self.patch_size, w * self.patch_size)
         pe = self.prompt_encoder
 
@@ -174,10 +192,11 @@ class Sam(nn.Module):
                                  f"got shape {mask_input.shape}")
             dense = pe.embed_masks(mask_input.astype(self.dtype or jnp.float32))
         else:
-            dense = pe.no_mask(n, h, w)
+            dense = pe.no_mask(emb.shape[0], h, w)
 
-        masks, iou = self.mask_decoder(emb, pe.dense_pe(h, w), sparse, dense, sparse_bias, sparse_mask)
-        return MaskDecoder.select(masks, iou, multimask_output)
+        hyper, src, iou = self.mask_decoder.attend(emb, pe.dense_pe(h, w), sparse, dense, sparse_bias, sparse_mask)
+        hyper, iou = MaskDecoder.select(hyper, iou, multimask_output)
+        return hyper, src, iou
 
     def __call__(self, images, point_coords=None, point_labels=None, boxes=None, mask_input=None, text_ids=None,
                  multimask_output: bool = True):

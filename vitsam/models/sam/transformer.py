@@ -63,7 +63,9 @@ class TwoWayBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
-    """image (N, h, w, D), image_pe (h, w, D) or (N, h, w, D), tokens (N, T, D) -> (tokens (N, T, D), image (N, hw, D))."""
+    """image (N, h, w, D), image_pe (h, w, D) or (N, h, w, D), tokens (N, T, D) -> (tokens (N, T, D), image (N, hw, D)).
+
+    An image with a batch of 1 is shared by the N token sets: the first block's image projections run once."""
 
     dim: int = 256
     depth: int = 2
@@ -79,7 +81,7 @@ class TwoWayTransformer(nn.Module):
     def __call__(self, image, image_pe, tokens, token_bias=None, token_mask=None):
         n, h, w, d = image.shape
         keys = image.reshape(n, h * w, d)
-        key_pe = jnp.broadcast_to(image_pe, (n, h, w, d)).reshape(n, h * w, d)
+        key_pe = jnp.broadcast_to(image_pe, (n, h, w, d)).reshape(n, h * w, d)  # n = 1: broadcast in attention
         queries = tokens
         for i in range(self.depth):
             queries, keys = TwoWayBlock(
