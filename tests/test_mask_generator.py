@@ -76,19 +76,26 @@ class BlobSam(Sam):
     texture from the image embedding (irregular edges), and a predicted IoU that varies with the point. Real
     image encoder, real pre- and post-processing: what the generator does after decoding is what is tested."""
 
-    def decode(self, image_embeddings, point_coords=None, point_labels=None, boxes=None, mask_input=None,
-               text_ids=None, multimask_output=True):
-        h = image_embeddings.shape[1]
+    def decode_tokens(self, image_embeddings, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                      text_ids=None, multimask_output=True):
+        # "hypernetwork outputs" (N, C, 3): the point and the radius of each mask; "image tokens": the texture
+        p = point_coords[:, 0].astype(jnp.float32)  # (N, 2) (x, y) in the input frame
+        radii = jnp.array([6.0, 12.0, 24.0, 48.0])
+        hyper = jnp.concatenate([jnp.broadcast_to(p[:, None], (len(p), 4, 2)),
+                                 jnp.broadcast_to(radii[None, :, None], (len(p), 4, 1))], axis=-1)
+        iou = 0.5 + 0.45 * jnp.sin(0.13 * p[:, :1] + 0.07 * p[:, 1:] + jnp.arange(4.0))
+        texture = image_embeddings.mean(-1).reshape(len(image_embeddings), -1, 1)  # (1 or N, hw, 1)
+        src = jnp.broadcast_to(texture, (len(p), *texture.shape[1:]))
+        return (hyper[:, 1:], src, iou[:, 1:]) if multimask_output else (hyper[:, :1], src, iou[:, :1])
+
+    def decode_masks(self, src, hyper, size):
+        h = size[0]
         m = 4 * h
         centres = (jnp.arange(m) + 0.5) * (h * self.patch_size) / m
-        p = point_coords[:, 0].astype(jnp.float32)  # (N, 2) (x, y) in the input frame
-        dist = jnp.sqrt((centres[None, None, :] - p[:, 0, None, None]) ** 2
-                        + (centres[None, :, None] - p[:, 1, None, None]) ** 2)  # (N, m, m)
-        texture = jnp.tanh(jnp.repeat(jnp.repeat(image_embeddings.mean(-1), 4, axis=1), 4, axis=2))
-        radii = jnp.array([6.0, 12.0, 24.0, 48.0])
-        logits = (radii[None, :, None, None] - dist[:, None]) / 4 + 0.5 * texture[:, None]
-        iou = 0.5 + 0.45 * jnp.sin(0.13 * p[:, :1] + 0.07 * p[:, 1:] + jnp.arange(4.0))
-        return (logits[:, 1:], iou[:, 1:]) if multimask_output else (logits[:, :1], iou[:, :1])
+        dist = jnp.sqrt((centres[None, None, None, :] - hyper[:, :, 0, None, None]) ** 2
+                        + (centres[None, None, :, None] - hyper[:, :, 1, None, None]) ** 2)  # (N, C, m, m)
+        texture = jnp.tanh(jnp.repeat(jnp.repeat(src.reshape(-1, *size), 4, axis=1), 4, axis=2))
+        return (hyper[:, :, 2, None, None] - dist) / 4 + 0.5 * texture[:, None]
 
 
 @pytest.fixture(scope="module")
@@ -516,9 +523,10 @@ def test_min_mask_region_area_leaves_no_small_regions(tiny):
 def test_same_size_images_reuse_the_compiled_functions(blobs):
     gen = generator(blobs, pred_iou_thresh=0.3, stability_score_thresh=0.3, crop_n_layers=1)
     gen.generate(blobs[2])
-    sizes = (mg._candidates._cache_size(), ops.nms._cache_size())
+    compiled = (mg._attend_points, mg._masks_of, mg._filter_candidates, ops.nms)
+    sizes = [f._cache_size() for f in compiled]
     other = gen.generate(make_image(seed=5))
-    assert (mg._candidates._cache_size(), ops.nms._cache_size()) == sizes
+    assert [f._cache_size() for f in compiled] == sizes
     assert isinstance(other, list)
 
 

