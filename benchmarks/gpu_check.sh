@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of the benchmark targets in one short run, sized for a 15-minute device lease (~8 minutes of
+# The GPU checks of the benchmark targets in one short run, sized for a 15-minute device lease (~10 minutes of
 # work once the machine is up). Run from the repository root on a machine with an NVIDIA GPU, with python3
 # holding jax[cuda], flax, optax, orbax-checkpoint, pytest, torch and timm (the lent H100 / H200 machines have
 # them):
@@ -13,7 +13,7 @@
 # of its benchmark cases recorded an error, and the next step runs either way. The step limits are estimates:
 # the script has not yet run on a GPU (no device was lent to the task that wrote it).
 #
-# Writes OUT_DIR/gpu_{vit,sam_encoder,sam_decoder}.json + .md (the `vitsam bench` format) and gpu_check.log
+# Writes OUT_DIR/gpu_{vit,sam_encoder,sam_decoder,amg}.json + .md (the `vitsam bench` format) and gpu_check.log
 # (everything printed, also for a step stopped at its limit, which writes no JSON).
 set -uo pipefail
 out=${1:-benchmarks}
@@ -61,6 +61,9 @@ step 200 "SAM vit_h encoder" "$out/gpu_sam_encoder.json" -- $bench --model sam:v
 # Target: the decoder under 1 ms per batch of prompts.
 step 70 "SAM vit_h decoder" "$out/gpu_sam_decoder.json" -- $bench --model sam:vit_h:decoder --batch 1,16,64 \
     --dtype bfloat16,float32 --kernel einsum,xla --torch --warmup 3 --iters 20 --out "$out/gpu_sam_decoder.json"
+# Target: the automatic mask generator under 200 ms per image for vit_h (float32, the official defaults).
+step 120 "SAM vit_h automatic mask generator" "$out/gpu_amg.json" -- $bench --model sam:vit_h:amg --torch \
+    --warmup 1 --iters 3 --out "$out/gpu_amg.json"
 
 echo "== done: $failed step(s) failed"
 exit "$failed"

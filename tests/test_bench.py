@@ -299,6 +299,11 @@ def test_amg_bad_requests(capsys):
         bench.parse_model("sam:vit_b:everything")
     assert cli.main(["bench", "--model", "sam:vit_b:amg", "--batch", "1,4"]) == 2
     assert "--batch 1 --dtype float32), got batch 1,4" in capsys.readouterr().err
+    assert cli.main(["bench", "--model", "sam:vit_b:amg", "--amg", "pred_iou_thresh=2"]) == 2
+    assert "pred_iou_thresh must be a number between 0 and 1, got 2" in capsys.readouterr().err
+    assert cli.main(["bench", "--model", "sam:vit_b:amg", "--amg", "points_per_sid=8"]) == 2
+    err = capsys.readouterr().err
+    assert "--amg: " in err and "'points_per_sid'" in err
 
 
 def test_harness_reports_the_phases_of_the_timed_calls_only():

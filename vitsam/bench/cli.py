@@ -42,20 +42,23 @@ def add_arguments(p) -> None:
     p.add_argument("--image-size", type=int, default=224, help="ViT input size")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="model field override for vitsam (and ViT sizes for timm), e.g. --set remat=True")
+    p.add_argument("--amg", action="append", default=[], metavar="OPTION=VALUE",
+                   help="automatic mask generator option for both generators of the amg cases, e.g. "
+                        "--amg pred_iou_thresh=0 (default: the official defaults)")
     p.add_argument("--peak-tflops", type=float, help="peak TFLOP/s for MFU (default: the device's, from PEAK_TFLOPS)")
     p.add_argument("--matmul-ref", action="store_true",
                    help="measure a large float32 matmul first, to relate each figure to it")
     p.add_argument("--out", help="write results here (.json) and the table beside it (.md)")
 
 
-def _overrides(items: Sequence[str]) -> dict:
+def _overrides(items: Sequence[str], flag: str = "--set") -> dict:
     import ast
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
+            raise ValueError(f"{flag} expects NAME=VALUE, got {item!r}")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -82,6 +85,7 @@ def _command_line(args, models: Sequence[str]) -> str:
         if value is not None:
             parts += [flag, str(value)]
     parts += [x for item in args.set for x in ("--set", item)]
+    parts += [x for item in args.amg for x in ("--amg", item)]
     if args.matmul_ref:
         parts.append("--matmul-ref")
     return " ".join(shlex.quote(p) for p in parts)
@@ -97,6 +101,14 @@ def run_cli(args) -> int:
     models = [m for group in (args.model or [["vit:B/16"]]) for m in group]
     for spec in models:
         parse_model(spec)
+    generator_options = _overrides(args.amg, "--amg")
+    if generator_options:
+        from vitsam.mask_generator import check_options
+
+        try:
+            check_options(**generator_options)
+        except TypeError as e:
+            raise ValueError(f"--amg: {e}") from None
     if args.torch:
         # JAX would otherwise take 75% of a GPU's memory at start and leave PyTorch short (read at JAX's
         # backend start, which nothing before this line triggers).
@@ -111,6 +123,7 @@ def run_cli(args) -> int:
     records = run_benchmarks(models, args.batch, args.dtype, args.kernel, args.mode, torch=args.torch,
                              torch_compile=args.torch_compile, warmup=args.warmup, iters=args.iters,
                              repeats=args.repeats, image_size=args.image_size, overrides=_overrides(args.set),
+                             generator_options=generator_options,
                              peak=peak, matmul_tflops_ref=matmul_ref, interleave=args.interleave,
                              log=lambda line: print(line, flush=True))
     env["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -73,7 +73,8 @@ def sam_decoder_flops(model: Sam, num_prompts: int = 1, num_points: int = 1, ima
     (no box, no mask input, as `sam_decoder_case` runs it), all on one image embedding.
 
     Counts the two-way transformer, the upscaling transposed convs, the hypernetwork MLPs, the IoU head,
-    the mask products and the Fourier features of the points and of the dense positional encoding.
+    the products of the multimask outputs (the masks returned; the single-mask output is not built) and the
+    Fourier features of the points and of the dense positional encoding.
     """
     size = image_size or model.image_size
     grid = size // model.patch_size
@@ -93,7 +94,7 @@ def sam_decoder_flops(model: Sam, num_prompts: int = 1, num_points: int = 1, ima
     per_prompt += masks * (2 * d * d + d * (d // 8))                           # hypernetwork MLPs
     hid = model.iou_head_hidden_dim
     per_prompt += d * hid + (model.iou_head_depth - 2) * hid * hid + hid * masks  # IoU head
-    per_prompt += masks * 16 * hw * (d // 8)                                   # masks = hyper · upscaled
+    per_prompt += model.num_multimask_outputs * 16 * hw * (d // 8)              # masks = hyper · upscaled
     per_prompt += sparse * 2 * (d // 2)                                        # Fourier features of points
     macs = num_prompts * per_prompt + hw * 2 * (d // 2)                        # + dense PE (once)
     return 2 * macs

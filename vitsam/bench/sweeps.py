@@ -38,7 +38,8 @@ def parse_model(spec: str) -> tuple[str, str, str]:
 
 
 def sweep_cases(spec: str, mode: str, batch: int, dtype: str, kernels: Sequence[str], *, torch: bool = False,
-                torch_compile: bool | None = None, image_size: int = 224, overrides: dict | None = None) -> list[Case]:
+                torch_compile: bool | None = None, image_size: int = 224, overrides: dict | None = None,
+                generator_options: dict | None = None) -> list[Case]:
     """The cases of one group: vitsam with each attention kernel, then the PyTorch peers when `torch`:
     timm / segment-anything eager (for the SAM encoder also with SDPA attention), and with `torch_compile`
     the torch.compile (+ SDPA) versions. `torch_compile` None means: on a GPU only.
@@ -46,6 +47,7 @@ def sweep_cases(spec: str, mode: str, batch: int, dtype: str, kernels: Sequence[
     "sam:VARIANT:amg" (batch 1, float32): vitsam's automatic mask generator with each kernel and, with `torch`,
     segment-anything's, both with the official defaults on the same image; with `torch` both sides run the
     same weights (segment-anything's random initialisation, converted), without it vitsam's random ones.
+    `generator_options` (e.g. {"pred_iou_thresh": 0}) go to both generators.
     """
     family, variant, part = parse_model(spec)
     overrides = overrides or {}
@@ -66,9 +68,10 @@ def sweep_cases(spec: str, mode: str, batch: int, dtype: str, kernels: Sequence[
             raise ValueError(f"{spec}: the automatic mask generator runs on one image (batch 1), got batch {batch}")
         shared = SharedSam(variant, **overrides) if torch else None
         weights = shared.variables if torch else None
-        cases = [sam_amg_case(variant, dtype, k, variables=weights, **overrides) for k in kernels]
+        cases = [sam_amg_case(variant, dtype, k, variables=weights, generator_options=generator_options, **overrides)
+                 for k in kernels]
         if torch:
-            cases.append(torch_sam_amg_case(variant, shared=shared, **overrides))
+            cases.append(torch_sam_amg_case(variant, shared=shared, generator_options=generator_options, **overrides))
         return cases
     if part == "encoder":
         cases = [sam_encoder_case(variant, batch, dtype, k, **overrides) for k in kernels]
@@ -89,7 +92,8 @@ def sweep_cases(spec: str, mode: str, batch: int, dtype: str, kernels: Sequence[
 def run_benchmarks(models: Sequence[str], batches: Sequence[int] = (1,), dtypes: Sequence[str] = ("float32",),
                    kernels: Sequence[str] = ("einsum",), modes: Sequence[str] = ("forward",), *, torch: bool = False,
                    torch_compile: bool | None = None, warmup: int = 2, iters: int = 5, repeats: int = 1,
-                   image_size: int = 224, overrides: dict | None = None, peak: float | None | str = "device",
+                   image_size: int = 224, overrides: dict | None = None, generator_options: dict | None = None,
+                   peak: float | None | str = "device",
                    matmul_tflops_ref: dict[str, float] | None = None, interleave: bool | None = None,
                    log: Callable[[str], None] | None = print) -> list[dict]:
     """Every combination, group by group (see `sweep_cases`); SAM models skip the train mode."""
@@ -111,7 +115,8 @@ def run_benchmarks(models: Sequence[str], batches: Sequence[int] = (1,), dtypes:
             for batch in batches:
                 for dtype in dtypes:
                     cases = sweep_cases(spec, mode, batch, dtype, kernels, torch=torch, torch_compile=torch_compile,
-                                        image_size=image_size, overrides=overrides)
+                                        image_size=image_size, overrides=overrides,
+                                        generator_options=generator_options)
                     records += run_group(cases, warmup=warmup, iters=iters, repeats=repeats, peak=peak,
                                          matmul_tflops_ref=matmul_tflops_ref, interleave=interleave, log=log)
     return records
