@@ -26,6 +26,7 @@ import numpy as np
 
 from vitsam.convert.weight_files import read_state_dict
 from vitsam.models.sam import SAM_VARIANTS, Sam, sam_init
+from vitsam.models.sam.mask_decoder import MaskDecoder
 from vitsam.params import flatten_paths
 
 # (flax path in the variables tree, official keys, transform of the official arrays)
@@ -134,26 +135,48 @@ def sam_key_map(model: Sam) -> list[Entry]:
     out += _conv_entry(enc + ("neck_conv1",), f"{ie}.neck.0", bias=False) + _norm(enc + ("neck_norm1",), f"{ie}.neck.1")
     out += _conv_entry(enc + ("neck_conv2",), f"{ie}.neck.2", bias=False) + _norm(enc + ("neck_norm2",), f"{ie}.neck.3")
 
-    pe, pk = P + ("prompt_encoder",), "prompt_encoder"
-    out.append((("constants", "prompt_encoder", "pe_gaussian"), (f"{pk}.pe_layer.positional_encoding_gaussian_matrix",),
-                _copy))
+    out += prompt_encoder_entries("prompt_encoder", root=P + ("prompt_encoder",))
+    decoder = MaskDecoder(model.prompt_dim, model.num_multimask_outputs, model.decoder_depth, model.decoder_heads,
+                          model.decoder_mlp_dim, model.attention_downsample_rate, model.iou_head_depth,
+                          model.iou_head_hidden_dim)
+    out += mask_decoder_entries(decoder, "mask_decoder", root=P + ("mask_decoder",))
+    return out
+
+
+def prompt_encoder_entries(prefix: str = "prompt_encoder", *, root: tuple[str, ...] = ("params",)) -> list[Entry]:
+    """A `PromptEncoder`'s variables and their official keys under `prefix` (SAM 1's `prompt_encoder`, SAM 2's
+    `sam_prompt_encoder`: the same layout). Flax paths of its parameters start with `root` (("params",) for the
+    module on its own, ("params", "prompt_encoder") inside a model); the Gaussian constant goes to the same place
+    under "constants"."""
+    pe, pk = tuple(root), prefix
+    out: list[Entry] = [(("constants",) + pe[1:] + ("pe_gaussian",),
+                         (f"{pk}.pe_layer.positional_encoding_gaussian_matrix",), _copy)]
     out.append((pe + ("point_embeddings",), tuple(f"{pk}.point_embeddings.{i}.weight" for i in range(4)), _stack_rows))
     out.append((pe + ("not_a_point_embed",), (f"{pk}.not_a_point_embed.weight",), _row))
     out.append((pe + ("no_mask_embed",), (f"{pk}.no_mask_embed.weight",), _row))
     out += _conv_entry(pe + ("mask_conv1",), f"{pk}.mask_downscaling.0") + _norm(pe + ("mask_norm1",), f"{pk}.mask_downscaling.1")
     out += _conv_entry(pe + ("mask_conv2",), f"{pk}.mask_downscaling.3") + _norm(pe + ("mask_norm2",), f"{pk}.mask_downscaling.4")
     out += _conv_entry(pe + ("mask_conv3",), f"{pk}.mask_downscaling.6")
+    return out
 
-    md, mk = P + ("mask_decoder",), "mask_decoder"
-    heads = model.decoder_heads
+
+def mask_decoder_entries(decoder: MaskDecoder, prefix: str = "mask_decoder", *, root: tuple[str, ...] = ("params",),
+                         transformer_mlp: tuple[str, str] = ("mlp.lin1", "mlp.lin2")) -> list[Entry]:
+    """A `MaskDecoder`'s parameters (flax paths starting with `root`, e.g. ("params", "mask_decoder")) and their
+    official keys under `prefix`, including the SAM 2 options the decoder has. The official two-way blocks name
+    their MLP layers `transformer_mlp`: SAM 1's `mlp.lin1` / `mlp.lin2`, SAM 2's `mlp.layers.0` / `mlp.layers.1`."""
+    md, mk = tuple(root), prefix
+    heads = decoder.num_heads
+    out: list[Entry] = []
     tr, tk = md + ("transformer",), f"{mk}.transformer"
-    for i in range(model.decoder_depth):
+    for i in range(decoder.depth):
         b, k = tr + (f"layers_{i}",), f"{tk}.layers.{i}"
         for name in ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token"):
             out += _attention(b + (name,), f"{k}.{name}", heads)
         for j in range(1, 5):
             out += _norm(b + (f"norm{j}",), f"{k}.norm{j}")
-        out += _dense(b + ("mlp", "Dense_0"), f"{k}.mlp.lin1") + _dense(b + ("mlp", "Dense_1"), f"{k}.mlp.lin2")
+        out += _dense(b + ("mlp", "Dense_0"), f"{k}.{transformer_mlp[0]}")
+        out += _dense(b + ("mlp", "Dense_1"), f"{k}.{transformer_mlp[1]}")
     out += _attention(tr + ("final_attn_token_to_image",), f"{tk}.final_attn_token_to_image", heads)
     out += _norm(tr + ("norm_final_attn",), f"{tk}.norm_final_attn")
     out.append((md + ("iou_token",), (f"{mk}.iou_token.weight",), _copy))
@@ -161,9 +184,17 @@ def sam_key_map(model: Sam) -> list[Entry]:
     out += _conv_entry(md + ("upscale_conv1",), f"{mk}.output_upscaling.0", fn=_conv_transpose)
     out += _norm(md + ("upscale_norm",), f"{mk}.output_upscaling.1")
     out += _conv_entry(md + ("upscale_conv2",), f"{mk}.output_upscaling.3", fn=_conv_transpose)
-    for i in range(model.num_multimask_outputs + 1):
+    for i in range(decoder.num_multimask_outputs + 1):
         out += _mlp_layers(md + (f"hypernet_mlps_{i}",), f"{mk}.output_hypernetworks_mlps.{i}", 3)
-    out += _mlp_layers(md + ("iou_head",), f"{mk}.iou_prediction_head", model.iou_head_depth)
+    out += _mlp_layers(md + ("iou_head",), f"{mk}.iou_prediction_head", decoder.iou_head_depth)
+    if decoder.pred_obj_scores:
+        out.append((md + ("obj_score_token",), (f"{mk}.obj_score_token.weight",), _copy))
+        if decoder.pred_obj_scores_mlp:
+            out += _mlp_layers(md + ("obj_score_head",), f"{mk}.pred_obj_score_head", 3)
+        else:
+            out += _dense(md + ("obj_score_head",), f"{mk}.pred_obj_score_head")
+    if decoder.use_high_res_features:
+        out += _conv_entry(md + ("conv_s0",), f"{mk}.conv_s0") + _conv_entry(md + ("conv_s1",), f"{mk}.conv_s1")
     return out
 
 

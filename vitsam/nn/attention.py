@@ -87,6 +87,8 @@ class MultiHeadAttention(nn.Module):
     Parameters (the layout of Flax's MultiHeadDotProductAttention and of published ViT checkpoints):
     `query`, `key`, `value` kernels (D, H, Dh) with biases (H, Dh); `out` kernel (H, Dh, D_out), bias (D_out,).
     `qkv_features` sets H·Dh (SAM's decoder shrinks it to 128 in cross-attention).
+    `qk_transform(q, k) -> (q, k)`, when given, maps the projected queries (B, T, H, Dh) and keys (B, S, H, Dh)
+    before the dot product (SAM 2's rotary position encoding).
     With `sow_weights`, the maps (B, H, T, S) are sown into the "intermediates" collection as
     "attention_weights" (forces the einsum kernel).
     """
@@ -104,7 +106,8 @@ class MultiHeadAttention(nn.Module):
     @nn.compact
     def __call__(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray | None = None, *,
                  inputs_v: jnp.ndarray | None = None,
-                 bias: jnp.ndarray | None = None, mask: jnp.ndarray | None = None) -> jnp.ndarray:
+                 bias: jnp.ndarray | None = None, mask: jnp.ndarray | None = None,
+                 qk_transform: Callable | None = None) -> jnp.ndarray:
         inputs_kv = inputs_q if inputs_kv is None else inputs_kv
         inputs_v = inputs_kv if inputs_v is None else inputs_v  # SAM: keys carry a positional term, values not
         if inputs_q.ndim != 3 or inputs_kv.ndim != 3 or inputs_v.shape[1:] != inputs_kv.shape[1:] \
@@ -119,6 +122,8 @@ class MultiHeadAttention(nn.Module):
             (self.num_heads, head_dim), use_bias=self.use_bias, kernel_init=self.kernel_init,
             dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         q, k, v = proj("query")(inputs_q), proj("key")(inputs_kv), proj("value")(inputs_v)
+        if qk_transform is not None:
+            q, k = qk_transform(q, k)
         batch = max(q.shape[0], k.shape[0], v.shape[0])
         q, k, v = (jnp.broadcast_to(x, (batch, *x.shape[1:])) for x in (q, k, v))
         impl = "einsum" if self.sow_weights else self.implementation

@@ -1,4 +1,5 @@
-"""Positional encodings: the lecture's sinusoidal formula, a 2-D version for patch grids, learned tables.
+"""Positional encodings: the lecture's sinusoidal formula, a 2-D version for patch grids, the normalized 2-D sine
+encoding of DETR / SAM 2, learned tables.
 
 The lecture fixes, for position t = 0 … T−1 and a token dimension D (even):
 
@@ -49,6 +50,38 @@ def sinusoidal_encoding_2d(height: int, width: int, dim: int, dtype=jnp.float32)
          jnp.broadcast_to(cols[None, :, :], (height, width, dim // 2))],
         axis=-1,
     )
+
+
+
+def sine_position_encoding(height: int, width: int, dim: int, temperature: float = 10000.0,
+                           dtype=jnp.float32) -> jnp.ndarray:
+    """The 2-D sine encoding of DETR / SAM 2 (`PositionEmbeddingSine`, normalized, scale 2π): (height, width, dim).
+
+    Row i and column j become y = 2π (i + 1) / (height + 1e-6) and x = 2π (j + 1) / (width + 1e-6). With
+    F = dim/2 channels per axis and t_k = temperature^(2⌊k/2⌋ / F), the first F channels are
+    [sin(y / t_0), cos(y / t_1), sin(y / t_2), cos(y / t_3), …] (t_{2m} = t_{2m+1}, so sin / cos pairs share
+    a frequency) and the last F the same for x. dim must be a multiple of 4. Computed in float64 numpy, so it
+    is a compile-time constant under jit.
+    """
+    height, width, dim = int(height), int(width), int(dim)
+    if height < 1 or width < 1:
+        raise ValueError(f"sine_position_encoding: height and width must be positive, got {height}x{width}")
+    if dim < 4 or dim % 4:
+        raise ValueError(f"sine_position_encoding: dim must be a positive multiple of 4 (sin/cos pairs for y and x), "
+                         f"got {dim}")
+    feats = dim // 2
+    k = np.arange(feats)
+    freq = float(temperature) ** (2.0 * (k // 2) / feats)  # (F,)
+
+    def axis(n):  # (n,) -> (n, F)
+        pos = np.arange(1, n + 1, dtype=np.float64) / (n + 1e-6) * (2.0 * np.pi)
+        angles = pos[:, None] / freq[None, :]
+        return np.where(k % 2 == 0, np.sin(angles), np.cos(angles))
+
+    y, x = axis(height), axis(width)
+    enc = np.concatenate([np.broadcast_to(y[:, None, :], (height, width, feats)),
+                          np.broadcast_to(x[None, :, :], (height, width, feats))], axis=-1)
+    return jnp.asarray(enc, dtype=dtype)
 
 
 class LearnedPositionEmbedding(nn.Module):

@@ -194,9 +194,9 @@ class Sam(nn.Module):
         else:
             dense = pe.no_mask(emb.shape[0], h, w)
 
-        hyper, src, iou = self.mask_decoder.attend(emb, pe.dense_pe(h, w), sparse, dense, sparse_bias, sparse_mask)
-        hyper, iou = MaskDecoder.select(hyper, iou, multimask_output)
-        return hyper, src, iou
+        tokens = self.mask_decoder.attend(emb, pe.dense_pe(h, w), sparse, dense, sparse_bias, sparse_mask)
+        hyper, iou = MaskDecoder.select(tokens.hyper, tokens.iou, multimask_output)
+        return hyper, tokens.src, iou
 
     def __call__(self, images, point_coords=None, point_labels=None, boxes=None, mask_input=None, text_ids=None,
                  multimask_output: bool = True):
