@@ -273,17 +273,11 @@ def _set(tree: dict, path: tuple[str, ...], value):
     tree[path[-1]] = value
 
 
-def sam_state_dict_to_variables(state_dict: Mapping, model: Sam | None = None, *, strict: bool = True):
-    """Official state dict (name -> array, numpy or torch-free) -> (model, variables).
-
-    `model` defaults to the one inferred from the shapes. Missing keys and shape mismatches always raise;
-    official keys left unused raise when `strict`, else warn. With `model.text`, the text encoder (not in
-    official checkpoints) is initialized fresh (seed 0) and reported in a warning.
-    """
-    model = model_from_state_dict(state_dict) if model is None else model
-    expected = jax.eval_shape(lambda r: sam_init(model, r), jax.random.PRNGKey(0))
-    entries = sam_key_map(model)
-
+def variables_from_entries(state_dict: Mapping, entries: list[Entry], expected, *, strict: bool = True,
+                           ours_only: Callable[[tuple[str, ...]], bool] = lambda path: False) -> dict:
+    """Fill a variables tree shaped like `expected` (from `jax.eval_shape`) from official arrays by key-map
+    entries. Missing keys and shape mismatches always raise; official keys left unused raise when `strict`, else
+    warn; every variable must be filled except those `ours_only(path)` marks (parts official models lack)."""
     variables: dict = {}
     used: set[str] = set()
     for path, keys, fn in entries:
@@ -309,13 +303,39 @@ def sam_state_dict_to_variables(state_dict: Mapping, model: Sam | None = None, *
         msg = f"{len(unexpected)} checkpoint key(s) not used by the model: {unexpected}"
         if strict:
             raise ValueError(msg)
-        warnings.warn(msg, stacklevel=2)
+        warnings.warn(msg, stacklevel=3)
 
-    # Every variable of the model must be filled (the text encoder is ours, not official).
     filled = {path for path, _, _ in entries}
-    unfilled = [p for p in flatten_paths(expected) if p not in filled and not (len(p) > 1 and p[1] == "text_encoder")]
+    unfilled = [p for p in flatten_paths(expected) if p not in filled and not ours_only(p)]
     if unfilled:
         raise KeyError(f"no checkpoint key fills {len(unfilled)} model variable(s), e.g. {'/'.join(unfilled[0])}")
+    return variables
+
+
+def state_dict_from_entries(variables: Mapping, entries: list[Entry]) -> dict[str, np.ndarray]:
+    """The inverse of `variables_from_entries`: official key -> float32 array."""
+    state = {}
+    for path, keys, fn in entries:
+        value = variables
+        for p in path:
+            value = value[p]
+        arrays = fn.inverse(np.asarray(value, np.float32))
+        for key, array in zip(keys, arrays if len(keys) > 1 else [arrays]):
+            state[key] = np.array(array, np.float32, order="C")  # a contiguous, writable copy (torch.from_numpy)
+    return state
+
+
+def sam_state_dict_to_variables(state_dict: Mapping, model: Sam | None = None, *, strict: bool = True):
+    """Official state dict (name -> array, numpy or torch-free) -> (model, variables).
+
+    `model` defaults to the one inferred from the shapes. Missing keys and shape mismatches always raise;
+    official keys left unused raise when `strict`, else warn. With `model.text`, the text encoder (not in
+    official checkpoints) is initialized fresh (seed 0) and reported in a warning.
+    """
+    model = model_from_state_dict(state_dict) if model is None else model
+    expected = jax.eval_shape(lambda r: sam_init(model, r), jax.random.PRNGKey(0))
+    variables = variables_from_entries(state_dict, sam_key_map(model), expected, strict=strict,
+                                       ours_only=lambda p: len(p) > 1 and p[1] == "text_encoder")
     if model.text:
         warnings.warn("official SAM checkpoints have no text encoder: it is initialized fresh (seed 0)", stacklevel=2)
         text = jax.jit(lambda r: sam_init(model, r)["params"]["text_encoder"])(jax.random.PRNGKey(0))
@@ -327,15 +347,7 @@ def sam_variables_to_state_dict(variables: Mapping, model: Sam) -> dict[str, np.
     """vitsam variables of `model` -> an official segment-anything state dict (official key -> float32 array),
     the inverse of `sam_state_dict_to_variables`, for the official `Sam.load_state_dict`. Our text encoder, which
     the official SAM lacks, is left out."""
-    state = {}
-    for path, keys, fn in sam_key_map(model):
-        value = variables
-        for p in path:
-            value = value[p]
-        arrays = fn.inverse(np.asarray(value, np.float32))
-        for key, array in zip(keys, arrays if len(keys) > 1 else [arrays]):
-            state[key] = np.array(array, np.float32, order="C")  # a contiguous, writable copy (torch.from_numpy)
-    return state
+    return state_dict_from_entries(variables, sam_key_map(model))
 
 
 def load_sam_checkpoint(path, *, strict: bool = True, **overrides):
