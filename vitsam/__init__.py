@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "SamAutomaticMaskGenerator": ("vitsam.mask_generator", "SamAutomaticMaskGenerator"),
     "SamPredictor": ("vitsam.predictor", "SamPredictor"),
+    "Sam2ImagePredictor": ("vitsam.sam2_predictor", "Sam2ImagePredictor"),
+    "Sam2VideoPredictor": ("vitsam.video_predictor", "Sam2VideoPredictor"),
     "count_params": ("vitsam.params", "count_params"),
     "checkpoint": ("vitsam.checkpoint", None),
     "mask_generator": ("vitsam.mask_generator", None),
@@ -24,7 +26,7 @@ _LAZY = {
     "params": ("vitsam.params", None),
     "predictor": ("vitsam.predictor", None),
 }
-__all__ = ["SamAutomaticMaskGenerator", "SamPredictor", "__version__", "convert", "count_params", "models", "nn"]
+__all__ = ["Sam2ImagePredictor", "Sam2VideoPredictor", "SamAutomaticMaskGenerator", "SamPredictor", "__version__", "convert", "count_params", "models", "nn"]
 
 
 def __getattr__(name: str):

@@ -61,6 +61,18 @@ def _is_sam_pth(path: Path) -> bool:
     return any(k.startswith("image_encoder.") for k in torch_state_keys(path))
 
 
+def _is_sam2_pt(path: Path) -> bool:
+    from vitsam.convert.weight_files import torch_state_keys
+
+    return any(k.startswith(("image_encoder.trunk.", "memory_attention.")) for k in torch_state_keys(path))
+
+
+def _load_sam2(path, **overrides):
+    from vitsam.convert.sam2 import load_sam2_checkpoint
+
+    return load_sam2_checkpoint(path, **overrides)
+
+
 def _load_sam(path, **overrides):
     from vitsam.convert.sam import load_sam_checkpoint
 
@@ -69,6 +81,7 @@ def _load_sam(path, **overrides):
 
 def _kinds() -> dict[str, ModelKind]:
     from vitsam.models.sam import SAM_VARIANTS, Sam, sam_init, sam_variant
+    from vitsam.models.sam2 import SAM2_VARIANTS, Sam2, sam2_init, sam2_variant
     from vitsam.models.vit import VARIANTS, VisionTransformer, vit_variant
 
     sam = ModelKind(
@@ -80,7 +93,13 @@ def _kinds() -> dict[str, ModelKind]:
         training_fields=("dropout", "drop_path", "dtype", "remat", "attention_impl"),
         official_suffixes=(".pth", ".pt", ".bin", ".npz", ".safetensors"), is_official=lambda path: True,
         load_official=_load_vit)
-    return {"sam": sam, "vit": vit}  # the order official files are tried in: a SAM .pth before any ViT .pth
+    sam2 = ModelKind(
+        name="sam2", module=Sam2, variants=tuple(SAM2_VARIANTS), build=sam2_variant, init=sam2_init,
+        training_fields=("dtype",), official_suffixes=(".pt", ".pth"), is_official=_is_sam2_pt,
+        load_official=_load_sam2)
+    # The order official files are tried in: SAM 2 (whose keys also start with image_encoder.), then SAM, then
+    # any ViT file.
+    return {"sam2": sam2, "sam": sam, "vit": vit}
 
 
 _KINDS: dict[str, ModelKind] | None = None
