@@ -26,7 +26,8 @@ _LAZY = {
     "params": ("vitsam.params", None),
     "predictor": ("vitsam.predictor", None),
 }
-__all__ = ["Sam2ImagePredictor", "Sam2VideoPredictor", "SamAutomaticMaskGenerator", "SamPredictor", "__version__", "convert", "count_params", "models", "nn"]
+__all__ = ["Sam2ImagePredictor", "Sam2VideoPredictor", "SamAutomaticMaskGenerator", "SamPredictor", "__version__",
+           "convert", "count_params", "models", "nn"]
 
 
 def __getattr__(name: str):
