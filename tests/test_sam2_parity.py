@@ -14,9 +14,9 @@ pytest.importorskip("sam2")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from vitsam.convert.sam2 import sam2_state_dict_to_variables, sam2_variables_to_state_dict  # noqa: E402
+from sam2_fixtures import official_and_ours  # noqa: E402
+from vitsam.convert.sam2 import sam2_variables_to_state_dict  # noqa: E402
 from vitsam.models.sam2.memory_bank import MemoryLayout, plan_memory  # noqa: E402
-from vitsam.models.sam2.sam2 import sam2_variant  # noqa: E402
 
 SIZE = 256
 
@@ -28,30 +28,7 @@ def rel(a, b):
 
 @pytest.fixture(scope="module")
 def pair():
-    from sam2.build_sam import build_sam2
-
-    official = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu",
-                          hydra_overrides_extra=[f"++model.image_size={SIZE}"])
-    # Every tensor random at the scale of a trained network's (weights ~ 1/sqrt(fan-in), biases and embeddings
-    # O(0.1-1), norm scales near 1), so that masks, scores and pointers depend on the prompts and memories.
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in official.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if name.endswith(("norm.weight", "norm1.weight", "norm2.weight", "norm3.weight")) or ".norm" in name \
-                    and name.endswith("weight") and p.dim() == 1:
-                p.copy_(1.0 + 0.1 * noise)
-            elif p.dim() >= 2 and "pos_embed" not in name and "tpos_enc" not in name and "embed" not in name \
-                    and "token" not in name:
-                p.copy_(noise / np.sqrt(p[0].numel()))
-            else:
-                p.copy_(0.5 * noise)
-        official.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(3.0)  # objects mostly present
-    official.eval()
-    state = {k: v.detach().numpy() for k, v in official.state_dict().items()}
-    model = sam2_variant("hiera_t", image_size=SIZE)
-    model, variables = sam2_state_dict_to_variables(state, model)
-    return official, model, variables
+    return official_and_ours(SIZE)
 
 
 def test_round_trip_gives_the_official_state_dict(pair):
