@@ -97,3 +97,29 @@ def test_memory_layout_pads_to_fixed_slots():
     assert ptrs[:5] == [(0, 10), None, None, None, (9, 1)] and ptrs[5:] == [None] * 14
     with pytest.raises(ValueError, match="do not fit"):
         MemoryLayout(1).place(plan)
+
+
+@pytest.mark.parity
+def test_official_pt_file_loads_and_converts(tmp_path):
+    """An official-format checkpoint file ({"model": state dict} saved by torch) loads with load_sam2_checkpoint,
+    is recognised as SAM 2 (not SAM, whose keys also start with image_encoder.), and `vitsam convert` turns it
+    into a folder that load_model reads back."""
+    torch = pytest.importorskip("torch")
+    from vitsam.cli import main
+    from vitsam.convert import load_model, load_sam2_checkpoint
+    from vitsam.models import registry
+
+    model = sam2_variant("tiny")
+    rng = np.random.default_rng(3)
+    variables = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes(model))
+    state = {k: torch.from_numpy(v) for k, v in sam2_variables_to_state_dict(variables, model).items()}
+    path = tmp_path / "sam2.1_tiny.pt"
+    torch.save({"model": state}, path)
+    assert registry.kind_of_file(path).name == "sam2"
+    loaded, back = load_sam2_checkpoint(path)
+    assert loaded == model
+    np.testing.assert_array_equal(back["params"]["no_obj_ptr"], variables["params"]["no_obj_ptr"])
+    assert main(["convert", str(path), str(tmp_path / "converted")]) == 0
+    again, back, kind = load_model(tmp_path / "converted")
+    assert kind == "sam2" and again.d_model == model.d_model
+    np.testing.assert_array_equal(back["params"]["trunk"]["pos_embed"], variables["params"]["trunk"]["pos_embed"])
