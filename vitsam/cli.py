@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -89,6 +90,7 @@ def _segment(args) -> int:
     from vitsam.models.sam.text_encoder import split_words
     from vitsam.overlay import mask_image, overlay
     from vitsam.predictor import SamPredictor, check_prompts
+    from vitsam.sam2_predictor import Sam2ImagePredictor
 
     # Every check that needs no image embedding runs first: the image encoder takes up to a minute.
     points = [_numbers(text, "--point", (2, 3), "x,y[,label]") for text in args.point]
@@ -120,14 +122,17 @@ def _segment(args) -> int:
     _check_out_folder(out)
     image = _read_image(args.image)
     model, variables, kind = load_model(args.checkpoint)
-    if kind != "sam":
-        raise ValueError(f"{args.checkpoint} holds a {kind} model, not a SAM")
+    if kind not in ("sam", "sam2"):
+        raise ValueError(f"{args.checkpoint} holds a {kind} model, not a SAM or SAM 2")
+    if texts and kind == "sam2":
+        raise ValueError(f"--text needs a SAM with a text encoder, and {args.checkpoint} is a SAM 2: "
+                         f"use --point or --box")
     if texts and not model.text:
         raise ValueError(f"--text needs a SAM with a text encoder, and {args.checkpoint} has none: "
                          f"use --point or --box")
     check_prompts(model, image.shape[:2], **prompts)  # e.g. a point outside the image
 
-    predictor = SamPredictor(model, variables)
+    predictor = (Sam2ImagePredictor if kind == "sam2" else SamPredictor)(model, variables)
     predictor.set_image(image)
     # Ambiguous prompts (one point, or a class name alone: `train.sam` trains text on the three candidates)
     # get three masks by default, the rest one.
@@ -192,6 +197,9 @@ def _segment_everything(args) -> int:
 
     check_options(**options)  # before the slow checkpoint load
     model, variables, kind = load_model(args.checkpoint)
+    if kind == "sam2":
+        raise ValueError(f"--everything runs the automatic mask generator, which takes SAM 1 models, and "
+                         f"{args.checkpoint} is a SAM 2: prompt it with --point / --box, or use a SAM checkpoint")
     if kind != "sam":
         raise ValueError(f"{args.checkpoint} holds a {kind} model, not a SAM")
     generator = SamAutomaticMaskGenerator(model, variables, **options)
@@ -236,9 +244,18 @@ def _numbers(text: str, flag: str, counts: tuple[int, ...], form: str) -> list[f
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) not in counts:
+    if len(values) not in counts or not all(math.isfinite(v) for v in values):
         raise ValueError(f"{flag} expects {form} (numbers separated by commas), got {text!r}")
     return values
+
+
+def _track(args) -> int:
+    from vitsam.tracking import parse_prompts, track
+
+    prompts = parse_prompts(args.point, args.box)  # before the slow checkpoint and video loads
+    _check_out_folder(Path(args.out))
+    print(track(args.checkpoint, args.video, prompts, args.out, write_overlay=not args.no_video, fps=args.fps))
+    return 0
 
 
 def _export(args) -> int:
@@ -378,18 +395,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_vit_args(p)
     p.set_defaults(func=_classify)
 
-    p = sub.add_parser("convert", help="import official weights (SAM .pth, ViT .npz / timm) into an orbax folder")
-    p.add_argument("src", help="sam_vit_*.pth, a vit_jax / big_vision .npz, or a timm .pth / .safetensors")
+    p = sub.add_parser("convert", help="import official weights (SAM .pth, SAM 2 .pt, ViT .npz / timm) into an orbax "
+                                       "folder")
+    p.add_argument("src", help="sam_vit_*.pth, sam2*_hiera_*.pt, a vit_jax / big_vision .npz, or a timm .pth / "
+                               ".safetensors")
     p.add_argument("dst", help="destination folder (loads with --checkpoint, vitsam.convert.load_model)")
     p.add_argument("--image-size", type=_positive_int, help="ViT: resample the position table to this resolution")
     p.add_argument("--num-classes", type=_positive_int, help="ViT: a fresh zero head with this many classes")
     p.set_defaults(func=_convert)
 
-    p = sub.add_parser("segment", help="segment an image with SAM from point / box / text prompts, or everything in it "
-                                       "(--everything) (PNG masks, overlay)")
+    p = sub.add_parser("segment", help="segment an image with SAM or SAM 2 from point / box / text prompts, or "
+                                       "everything in it (--everything, SAM) (PNG masks, overlay)")
     p.add_argument("image")
     p.add_argument("--checkpoint", required=True,
-                   help="a `vitsam convert` folder, a SAM training workdir, or an official sam_vit_*.pth")
+                   help="a `vitsam convert` folder, a SAM training workdir, an official sam_vit_*.pth, or an "
+                        "official SAM 2 sam2*_hiera_*.pt (prompts only: no --text, no --everything)")
     p.add_argument("--point", action="append", default=[], metavar="X,Y[,LABEL]",
                    help="a point in image pixels, label 1 (foreground, default) or 0 (background); repeatable")
     p.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
@@ -421,6 +441,25 @@ def build_parser() -> argparse.ArgumentParser:
                             help="fill holes and remove islands below this many pixels (default 0: off)")
     p.add_argument("--out", default="segment", help="output folder")
     p.set_defaults(func=_segment)
+
+    p = sub.add_parser("track", help="track objects through a video with SAM 2 from point / box prompts on any "
+                                     "frames (mask PNGs per object and frame, overlay.mp4)",
+                       description="Tracks forward from the earliest prompted frame to the end and, if that is not "
+                                   "frame 0, backward from it to frame 0, so every frame gets a mask of every object. "
+                                   "Writes OUT/masks/<obj>/<frame:05d>.png and OUT/overlay.mp4.")
+    p.add_argument("video", help="a video file (.mp4, .mov, .avi, .mkv, .webm; needs the [video] extra) or a folder "
+                                 "of JPEG / PNG frames named by frame number")
+    p.add_argument("--checkpoint", required=True,
+                   help="an official SAM 2 sam2*_hiera_*.pt or its `vitsam convert` folder")
+    p.add_argument("--point", action="append", default=[], metavar="F,X,Y[,LABEL][,OBJ]",
+                   help="a point on frame F in video pixels, label 1 (foreground, default) or 0 (background), for "
+                        "object OBJ (default 1); repeatable")
+    p.add_argument("--box", action="append", default=[], metavar="F,X0,Y0,X1,Y1[,OBJ]",
+                   help="a box on frame F in video pixels for object OBJ (default 1); repeatable")
+    p.add_argument("--fps", type=float, help="frame rate of overlay.mp4 (default: the video's, 30 for a folder)")
+    p.add_argument("--no-video", action="store_true", help="write the mask PNGs only, no overlay.mp4")
+    p.add_argument("--out", default="track", help="output folder")
+    p.set_defaults(func=_track)
 
     p = sub.add_parser("export", help="export a SAM (image encoder, prompt decoder) or a ViT (classifier) as "
                                       "StableHLO and ONNX, to run without vitsam")

@@ -94,6 +94,15 @@ def _resize_frame(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
 
 
+def frame_files(folder: Path) -> list[Path]:
+    """The frame images of a folder (JPEG / PNG), ordered by the number in their names (by name otherwise)."""
+    files = [p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    try:
+        return sorted(files, key=lambda p: int(p.stem))
+    except ValueError:
+        return sorted(files)
+
+
 def load_video(video, size: int) -> tuple[np.ndarray, int, int]:
     """A folder of frames (JPEG / PNG, ordered by the number in their names), a video file, or an array
     (T, H, W, 3) uint8 -> (frames (T, size, size, 3) uint8, height, width)."""
@@ -102,13 +111,9 @@ def load_video(video, size: int) -> tuple[np.ndarray, int, int]:
     if isinstance(video, (str, Path)):
         path = Path(video)
         if path.is_dir():
-            files = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+            files = frame_files(path)
             if not files:
                 raise ValueError(f"{path} holds no frames ({', '.join(IMAGE_SUFFIXES)} files)")
-            try:
-                files.sort(key=lambda p: int(p.stem))
-            except ValueError:
-                files.sort()
             from PIL import Image
 
             frames, sizes = [], set()
