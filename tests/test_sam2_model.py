@@ -97,6 +97,14 @@ def test_memory_layout_pads_to_fixed_slots():
     assert ptrs[:5] == [(0, 10), None, None, None, (9, 1)] and ptrs[5:] == [None] * 14
     with pytest.raises(ValueError, match="do not fit"):
         MemoryLayout(1).place(plan)
+    # Fitted to plans: power-of-two counts of conditioning and recent slots (recent at most num_maskmem - 1).
+    early = plan_memory(2, [0], [1], num_frames=20)  # frame 0 (conditioning) and frame 1
+    assert MemoryLayout.for_plans([early]).memory_slots == 2
+    mid = plan_memory(12, [0, 3, 9], range(1, 12), num_frames=20)  # 3 conditioning, 5 recent (6 … 11 minus 9)
+    layout = MemoryLayout.for_plans([early, mid])
+    assert (layout.cond_slots, layout.recent, layout.memory_slots) == (4, 6, 10)
+    assert MemoryLayout.for_plans([plan_memory(4, [0], [1, 2, 3], num_frames=20)]).recent == 4
+    assert MemoryLayout.for_plans([plan_memory(19, [0], range(1, 19), num_frames=20)]).recent == 6
 
 
 @pytest.mark.parity

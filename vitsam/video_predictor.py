@@ -15,9 +15,10 @@ previous mask logits as a mask prompt). Masks come back as logits (objects, 1, H
 -1024 where an object has no output.
 
 Each object has its own memory bank; propagation runs all objects of a frame as one batch. The per-frame work
-is jitted with fixed shapes: the memory bank is padded to fixed slots (`MemoryLayout`), the object batch to a
-power of two, so a video compiles its tracking step once per (object bucket, conditioning-frame bucket), not
-per frame. Memories are kept in bfloat16, as the official predictor keeps them.
+is jitted with fixed shapes: the memory bank is padded to power-of-two slot counts (`MemoryLayout.for_plans`),
+the object batch to a bucket (1 … 4, then powers of two), so a video compiles its tracking step once per
+(object bucket, slot counts), not per frame: a few times while its first frames fill the memory bank, then
+never again. Memories are kept in bfloat16, as the official predictor keeps them.
 
 `fill_hole_area` (default 8, as the official builder sets): background holes of at most that many low-res
 pixels inside a mask are filled (scipy.ndimage). The official package does this only with its CUDA extension
@@ -174,7 +175,10 @@ def fill_holes(logits: np.ndarray, max_area: int) -> np.ndarray:
 
 
 def _bucket(n: int) -> int:
-    b = 1
+    """Object batches: exact up to 4 (each object costs a full memory attention), then powers of two."""
+    if n <= 4:
+        return max(n, 1)
+    b = 8
     while b < n:
         b *= 2
     return b
@@ -436,8 +440,7 @@ class Sam2VideoPredictor:
         model = self.model
         plans = [plan_memory(frame_idx, o.outputs["cond"], o.outputs["non_cond"], state.num_frames,
                              model.num_maskmem, model.max_obj_ptrs_in_encoder, reverse) for o in objects]
-        layout = MemoryLayout.for_cond_frames(max(len(o.outputs["cond"]) for o in objects),
-                                              num_maskmem=model.num_maskmem, max_obj_ptrs=model.max_obj_ptrs_in_encoder)
+        layout = MemoryLayout.for_plans(plans, model.num_maskmem, model.max_obj_ptrs_in_encoder)
         h = model.embedding_size
         empty_mem = jnp.zeros((h, h, model.mem_dim), jnp.bfloat16)
         empty_ptr = jnp.zeros((model.d_model,), jnp.float32)

@@ -8,7 +8,8 @@ of the conditioning frames (signed distance) and of up to `max_obj_ptrs - 1` fra
 (distance 1, 2, ...). Frames without an output are skipped.
 
 `plan_memory` makes that choice in Python (it depends only on frame indices); `MemoryLayout` pads it to
-fixed slot counts, so one compiled tracking step serves every frame of a video.
+fixed slot counts, so one compiled tracking step serves every frame of a video once its memory bank is full
+(and one per power-of-two slot count before).
 """
 
 from __future__ import annotations
@@ -51,15 +52,21 @@ def plan_memory(frame_idx: int, cond_frames: Iterable[int], tracked_frames: Iter
 
 @dataclasses.dataclass(frozen=True)
 class MemoryLayout:
-    """Slot counts of a padded memory bank: `cond_slots` conditioning frames, then `num_maskmem - 1` recent
-    frames; pointers: `cond_slots` conditioning frames, then `max_obj_ptrs - 1` recent frames."""
+    """Slot counts of a padded memory bank: `cond_slots` conditioning frames, then `recent_slots` recent frames
+    (at most `num_maskmem - 1`); pointers: `cond_slots` conditioning frames, then `max_obj_ptrs - 1` recent frames.
+    """
     cond_slots: int
     num_maskmem: int = 7
     max_obj_ptrs: int = 16
+    recent_slots: int | None = None  # None: num_maskmem - 1
 
     @property
     def memory_slots(self) -> int:
-        return self.cond_slots + self.num_maskmem - 1
+        return self.cond_slots + self.recent
+
+    @property
+    def recent(self) -> int:
+        return self.num_maskmem - 1 if self.recent_slots is None else self.recent_slots
 
     @property
     def pointer_slots(self) -> int:
@@ -69,17 +76,25 @@ class MemoryLayout:
     def for_cond_frames(cls, num_cond: int, **kw) -> "MemoryLayout":
         """The layout with room for `num_cond` conditioning frames, rounded up to a power of two (so a video
         recompiles only when its count of prompted frames passes 1, 2, 4, 8, ...)."""
-        slots = 1
-        while slots < num_cond:
-            slots *= 2
-        return cls(slots, **kw)
+        return cls(_power_of_two(num_cond), **kw)
+
+    @classmethod
+    def for_plans(cls, plans, num_maskmem: int = 7, max_obj_ptrs: int = 16) -> "MemoryLayout":
+        """The smallest layout of power-of-two slot counts (recent frames: 0, 1, 2, 4, ... up to num_maskmem - 1)
+        that holds every plan: at a video's start, when few frames have memories, the attention runs over fewer
+        padded slots, at the price of one compile per slot count."""
+        cond = max(sum(1 for _, slot in p.memories if slot == 0) for p in plans)
+        recent = max(sum(1 for _, slot in p.memories if slot > 0) for p in plans)
+        recent = 0 if recent == 0 else min(_power_of_two(recent), num_maskmem - 1)
+        return cls(_power_of_two(cond), num_maskmem, max_obj_ptrs, recent)
 
     def place(self, plan: MemoryPlan) -> tuple[list, list]:
         """A plan -> (memory slots, pointer slots): per slot (frame, slot or distance), or None where empty."""
         cond_mem = [m for m in plan.memories if m[1] == 0]
         recent_mem = [m for m in plan.memories if m[1] > 0]
-        if len(cond_mem) > self.cond_slots:
-            raise ValueError(f"{len(cond_mem)} conditioning frames do not fit {self.cond_slots} slots")
+        if len(cond_mem) > self.cond_slots or len(recent_mem) > self.recent:
+            raise ValueError(f"{len(cond_mem)} conditioning and {len(recent_mem)} recent frames do not fit "
+                             f"{self.cond_slots} and {self.recent} slots")
         memories = cond_mem + [None] * (self.cond_slots - len(cond_mem)) + recent_mem
         memories += [None] * (self.memory_slots - len(memories))
         num_cond_ptrs = sum(1 for t, _ in plan.pointers if t in {f for f, _ in cond_mem})
@@ -87,3 +102,11 @@ class MemoryLayout:
         pointers = cond_ptr + [None] * (self.cond_slots - len(cond_ptr)) + recent_ptr
         pointers += [None] * (self.pointer_slots - len(pointers))
         return memories, pointers
+
+
+def _power_of_two(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    b = 1
+    while b < n:
+        b *= 2
+    return b
