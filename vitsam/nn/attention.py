@@ -28,7 +28,7 @@ def dot_product_attention(
     """softmax(Q Kᵀ / √Dh + bias) V per head, the softmax taken row-wise over the keys.
 
     Args:
-      query: (B, T, H, Dh); key, value: (B, S, H, Dh).
+      query: (B, T, H, Dh); key, value: (B, S, H, Dh) (values may be of another width Dv with "einsum").
       bias: optional additive term, broadcastable to (B, H, T, S).
       mask: optional boolean, broadcastable to (B, H, T, S); True means "may attend".
       implementation: "einsum" (plain XLA einsums, the only one that can return the weights),
@@ -38,12 +38,13 @@ def dot_product_attention(
       return_weights: also return the attention maps A, (B, H, T, S) (einsum only).
 
     Returns:
-      (B, T, H, Dh), or a tuple (output, weights) when `return_weights`.
+      (B, T, H, Dv), or a tuple (output, weights) when `return_weights`.
     """
     if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
         raise ValueError(
             f"attention expects (B, T, H, Dh) arrays, got query {query.shape}, key {key.shape}, value {value.shape}")
-    if key.shape != value.shape or query.shape[-1] != key.shape[-1] or query.shape[-2] != key.shape[-2]:
+    if key.shape[:-1] != value.shape[:-1] or query.shape[-1] != key.shape[-1] or query.shape[-2] != key.shape[-2] \
+            or (implementation != "einsum" and value.shape != key.shape):
         raise ValueError(f"incompatible attention shapes: query {query.shape}, key {key.shape}, value {value.shape}")
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
@@ -91,6 +92,9 @@ class MultiHeadAttention(nn.Module):
     before the dot product (SAM 2's rotary position encoding).
     With `sow_weights`, the maps (B, H, T, S) are sown into the "intermediates" collection as
     "attention_weights" (forces the einsum kernel).
+    `late_values`: weigh the value inputs (B, S, D_kv) first and project them after, A·(X W_v + b) =
+    (A·X) W_v + b (each row of A sums to 1): the same result with D_kv instead of Dh multiply-adds per key and
+    value, fewer when the values are narrower than the heads (SAM 2's 64-d memories attended by 256-d heads).
     """
 
     num_heads: int
@@ -99,6 +103,7 @@ class MultiHeadAttention(nn.Module):
     use_bias: bool = True
     implementation: str = "einsum"
     sow_weights: bool = False
+    late_values: bool = False
     kernel_init: Callable = nn.initializers.xavier_uniform()
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
@@ -121,16 +126,23 @@ class MultiHeadAttention(nn.Module):
         proj = lambda name: nn.DenseGeneral(  # noqa: E731
             (self.num_heads, head_dim), use_bias=self.use_bias, kernel_init=self.kernel_init,
             dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        q, k, v = proj("query")(inputs_q), proj("key")(inputs_kv), proj("value")(inputs_v)
+        value = proj("value")
+        q, k = proj("query")(inputs_q), proj("key")(inputs_kv)
+        if self.late_values:  # every head weighs the raw value inputs (B, S, H, D_kv)
+            v = jnp.broadcast_to(inputs_v[:, :, None, :], (*inputs_v.shape[:2], self.num_heads, inputs_v.shape[-1]))
+        else:
+            v = value(inputs_v)
         if qk_transform is not None:
             q, k = qk_transform(q, k)
         batch = max(q.shape[0], k.shape[0], v.shape[0])
         q, k, v = (jnp.broadcast_to(x, (batch, *x.shape[1:])) for x in (q, k, v))
-        impl = "einsum" if self.sow_weights else self.implementation
+        impl = "einsum" if self.sow_weights or self.late_values else self.implementation
         out = dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl, return_weights=self.sow_weights)
         if self.sow_weights:
             out, weights = out
             self.sow("intermediates", "attention_weights", weights)
+        if self.late_values:  # (B, T, H, D_kv) -> each head's projection of its weighted inputs (B, T, H, Dh)
+            out = jnp.moveaxis(jnp.diagonal(value(out), axis1=2, axis2=3), -1, 2)
         return nn.DenseGeneral(
             self.out_features or inputs_q.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
             kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
