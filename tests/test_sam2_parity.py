@@ -160,3 +160,30 @@ def test_mask_as_output(pair):
     assert rel(out.masks, ref[3][:, 0].numpy()) < 1e-5
     assert rel(out.obj_ptr, ref[5].numpy()) < 1e-4
     np.testing.assert_allclose(out.object_score, ref[6][:, 0].numpy())
+
+
+@pytest.mark.parametrize("config,variant,sam2_1", [("sam2/sam2_hiera_t", "hiera_t", False),
+                                                   ("sam2/sam2_hiera_b+", "hiera_b+", False),
+                                                   ("sam2.1/sam2.1_hiera_s", "hiera_s", True),
+                                                   ("sam2.1/sam2.1_hiera_l", "hiera_l", True)])
+def test_key_maps_of_other_official_models(config, variant, sam2_1):
+    """SAM 2.0 and the bigger SAM 2.1 models: the official state dict's keys and shapes are exactly the key map's
+    (on shapes alone), and the variant inferred from them is the right one."""
+    from sam2.build_sam import build_sam2
+
+    from vitsam.convert.sam2 import infer_sam2_variant, sam2_key_map
+    from vitsam.models.sam2.sam2 import sam2_init, sam2_variant
+
+    state = build_sam2(f"configs/{config}.yaml", None, device="cpu").state_dict()
+    shapes = {k: jax.ShapeDtypeStruct(tuple(v.shape), jnp.float32) for k, v in state.items()}
+    assert infer_sam2_variant(shapes) == (variant, {"sam2_1": sam2_1})
+    model = sam2_variant(variant, sam2_1=sam2_1)
+    expected = jax.eval_shape(lambda r: sam2_init(model, r), jax.random.PRNGKey(0))
+    entries = sam2_key_map(model)
+    assert sorted(k for _, keys, _ in entries for k in keys) == sorted(shapes)
+    for path, keys, fn in entries:
+        want = expected
+        for p in path:
+            want = want[p]
+        got = jax.eval_shape(fn, *(shapes[k] for k in keys))
+        assert got.shape == want.shape, (path, keys)
