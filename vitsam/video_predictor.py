@@ -247,8 +247,9 @@ class Sam2VideoPredictor:
     def add_new_points_or_box(self, state: VideoState, frame_idx: int, obj_id, points=None, labels=None,
                               clear_old_points: bool = True, normalize_coords: bool = True, box=None):
         """Clicks (points (P, 2) x, y and labels (P,): 1 positive, 0 negative) and / or a box (x0, y0, x1, y1) for
-        object `obj_id` (a new id adds an object) on one frame, in the video's pixels (normalize_coords=False:
-        already in the model's S×S input). -> (frame_idx, obj_ids, mask logits (objects, 1, H, W)) of that frame.
+        object `obj_id` (a new id adds an object) on one frame, in the video's pixels (normalize_coords=False: as
+        fractions of the width and height, as the official). -> (frame_idx, obj_ids, mask logits (objects, 1, H, W))
+        of that frame.
         """
         self._check_state(state)
         frame_idx = self._check_frame(state, frame_idx)
