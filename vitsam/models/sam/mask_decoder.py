@@ -193,7 +193,7 @@ class MaskDecoder(nn.Module):
         if self.pred_obj_scores:
             object_score = self.obj_score_head(hs[:, 0]).astype(jnp.float32)
         else:  # the official default: the object is taken as present (sigmoid(10) ≈ 1)
-            object_score = jnp.full((n, 1), 10.0, jnp.float32)
+            object_score = jnp.full_like(iou[:, :1], 10.0)
         return DecoderTokens(hyper, src, iou, mask_out, object_score)
 
     def project_high_res(self, feat_s0, feat_s1):
