@@ -18,16 +18,18 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 SHAPES_NAME = "vitsam_shapes"
+SHAPES_VIDEO_NAME = "vitsam_shapes_video"
 
 
 def open_source(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
                 download: bool = False):
     """A random-access TFDS source (`tfds.data_source`, array_record; no TensorFlow needed).
 
-    name: a TFDS name, optionally with a config ("vitsam_shapes/small"). "vitsam_shapes" is
-      prepared into `data_dir` the first time (a few tens of seconds). Other datasets must already
-      be prepared there in array_record format unless `download` is True (then TFDS downloads and
-      prepares them, which may take hours for imagenet2012 and needs its manual files).
+    name: a TFDS name, optionally with a config ("vitsam_shapes/small"). "vitsam_shapes" and
+      "vitsam_shapes_video" are prepared into `data_dir` the first time (a few tens of seconds).
+      Other datasets must already be prepared there in array_record format unless `download` is
+      True (then TFDS downloads and prepares them, which may take hours for imagenet2012 and needs
+      its manual files).
     split: a TFDS split, sub-splits allowed ("train[:90%]").
     data_dir: TFDS data dir; None means TFDS's default (~/tensorflow_datasets).
     """
@@ -38,6 +40,11 @@ def open_source(name: str, split: str, data_dir: str | os.PathLike | None = None
 
         config = name.split("/", 1)[1] if "/" in name else "default"
         builder = shapes_builder.prepare_shapes(data_dir, config)
+    elif name.split("/")[0] == SHAPES_VIDEO_NAME:
+        from vitsam.data import shapes_video_builder  # registers the builder with TFDS
+
+        config = name.split("/", 1)[1] if "/" in name else "default"
+        builder = shapes_video_builder.prepare_shapes_video(data_dir, config)
     else:
         try:
             builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
@@ -79,15 +86,24 @@ def num_classes(source, key: str = "label") -> int:
 
 
 def declared_num_classes(name: str, data_dir: str | os.PathLike | None = None, key: str = "label") -> int:
-    """The class count a TFDS dataset's builder declares, without reading or preparing any data."""
+    """The class count a TFDS dataset's builder declares, without reading or preparing any data.
+
+    key may name a nested feature, as in `class_names` ("objects/label" of vitsam_shapes_video)."""
     if name.split("/")[0] == SHAPES_NAME:
         from vitsam.data import shapes_builder  # noqa: F401 - registers the builder with TFDS
+    elif name.split("/")[0] == SHAPES_VIDEO_NAME:
+        from vitsam.data import shapes_video_builder  # noqa: F401 - registers the builder with TFDS
     try:
         builder = tfds.builder(name, data_dir=None if data_dir is None else os.path.expanduser(os.fspath(data_dir)))
     except tfds.core.registered.DatasetNotFoundError:
         raise ValueError(f"unknown TFDS dataset {name!r}") from None
     try:
-        return int(builder.info.features[key].num_classes)
+        feature = builder.info.features
+        for part in key.split("/"):
+            feature = feature[part]
+            if isinstance(feature, tfds.features.Sequence):
+                feature = feature.feature
+        return int(feature.num_classes)
     except (KeyError, AttributeError):
         raise ValueError(f"dataset {name!r} declares no ClassLabel feature {key!r}") from None
 

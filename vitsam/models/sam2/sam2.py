@@ -161,10 +161,13 @@ class Sam2(nn.Module):
         return num_points <= 1
 
     # -- image -------------------------------------------------------------------------------------------------
-    def encode_image(self, images: jnp.ndarray) -> Sam2Features:
+    def encode_image(self, images: jnp.ndarray, backbone_gradient: bool = True) -> Sam2Features:
         """Normalized images (B, S, S, 3) -> `Sam2Features` (the lowest-resolution neck level is dropped, as the
-        official image encoder's `scalp=1`)."""
+        official image encoder's `scalp=1`). `backbone_gradient=False` stops gradients at the image encoder's
+        output (a frozen encoder; the decoder's projections of the high-resolution features still train)."""
         feats, pos = self.neck(self.trunk(images))
+        if not backbone_gradient:
+            feats = [jax.lax.stop_gradient(f) for f in feats]
         feats, pos = feats[:3], pos[:3]  # highest resolution first
         s0, s1 = self.mask_decoder.project_high_res(feats[0], feats[1])
         return Sam2Features(feats[2], pos[2], (s0, s1))
@@ -183,7 +186,8 @@ class Sam2(nn.Module):
         point_labels (B, P): 1 / 0 clicks, 2 / 3 box corners, -1 padding (padding does not change the result:
         the prompt counts as the official one of its real points plus one padding token, or two with no real
         point); no points: no prompt tokens. mask_input (B, 4h, 4w) low-res logits. `multimask_output` is
-        static: C = 3, else C = 1 (the stability fallback of the official decoder).
+        static: C = 3, else C = 1 (the stability fallback of the official decoder); None: all 4 outputs and all
+        4 SAM tokens, as in training (`sam_heads_train`).
         """
         h, w, d = pix_feat.shape[1:]
         b = max(pix_feat.shape[0], *(x.shape[0] for x in (point_coords, mask_input) if x is not None))
@@ -207,6 +211,8 @@ class Sam2(nn.Module):
         dec = self.mask_decoder
         tokens = dec.attend(pix_feat, pe.dense_pe(h, w), sparse, dense, bias, None)
         masks = dec.upscale(tokens.src, tokens.hyper, (h, w), high_res)  # (B, 4, 4h, 4w)
+        if multimask_output is None:
+            return masks, tokens.iou, tokens.mask_tokens, tokens.object_score[:, 0]
         masks, iou, sam_tokens = dec.select_outputs(masks, tokens.iou, tokens.mask_tokens, multimask_output)
         return masks, iou, sam_tokens, tokens.object_score[:, 0]
 
@@ -228,6 +234,24 @@ class Sam2(nn.Module):
         token = sam_tokens[:, 0] if sam_tokens.shape[1] == 1 else \
             jnp.take_along_axis(sam_tokens, best[:, None, None], axis=1)[:, 0]
         obj_ptr = self.obj_ptr_proj(token)
+        lam = appearing[:, None].astype(obj_ptr.dtype)
+        obj_ptr = lam * obj_ptr + (1 - lam) * self.no_obj_ptr.astype(obj_ptr.dtype)
+        return HeadOutput(masks, iou, chosen, obj_ptr, score)
+
+    def sam_heads_train(self, pix_feat, high_res, point_coords, point_labels, mask_input,
+                        multimask: jnp.ndarray) -> HeadOutput:
+        """`sam_heads` as the official model trains (`SAM2Train`): multimask_output per row, a (B,) bool array,
+        and no stability fallback. multi_masks (B, 4, 4h, 4w) and multi_iou (B, 4) are every output (mask 0 the
+        single-mask one, masks 1-3 the multimask ones); the chosen mask, passed on to the next click and to the
+        memory, is mask 0 or, with `multimask`, the one of masks 1-3 with the highest predicted IoU."""
+        masks, iou, sam_tokens, score = self.decode(pix_feat, high_res, point_coords, point_labels, mask_input,
+                                                    None)
+        appearing = score > 0
+        masks = jnp.where(appearing[:, None, None, None], masks, NO_OBJECT_SCORE).astype(jnp.float32)
+        multi_only = jnp.arange(masks.shape[1]) > 0
+        best = jnp.where(multimask, jnp.argmax(jnp.where(multi_only, iou, -jnp.inf), axis=-1), 0)
+        chosen = jnp.take_along_axis(masks, best[:, None, None, None], axis=1)[:, 0]
+        obj_ptr = self.obj_ptr_proj(jnp.take_along_axis(sam_tokens, best[:, None, None], axis=1)[:, 0])
         lam = appearing[:, None].astype(obj_ptr.dtype)
         obj_ptr = lam * obj_ptr + (1 - lam) * self.no_obj_ptr.astype(obj_ptr.dtype)
         return HeadOutput(masks, iou, chosen, obj_ptr, score)
@@ -259,12 +283,13 @@ class Sam2(nn.Module):
 
     def encode_memory(self, vision, high_res_masks, object_score, binarize: bool) -> jnp.ndarray:
         """A frame's features vision (B, h, w, D), its mask logits (B, S, S) and object score (B,) -> the memory
-        (B, h, w, mem_dim), as the official `_encode_new_memory`. `binarize` (static): the mask came from
-        clicks and the predictor binarizes such masks."""
-        if binarize:
-            mask = (high_res_masks > 0).astype(jnp.float32)
+        (B, h, w, mem_dim), as the official `_encode_new_memory`. `binarize`: the mask came from clicks and the
+        predictor binarizes such masks (a static bool, or a (B,) bool array: per row, as in training)."""
+        logits = high_res_masks.astype(jnp.float32)
+        if isinstance(binarize, (bool, np.bool_)):
+            mask = (logits > 0).astype(jnp.float32) if binarize else jax.nn.sigmoid(logits)
         else:
-            mask = jax.nn.sigmoid(high_res_masks.astype(jnp.float32))
+            mask = jnp.where(binarize[:, None, None], (logits > 0).astype(jnp.float32), jax.nn.sigmoid(logits))
         mask = mask * self.sigmoid_scale_for_mem_enc + self.sigmoid_bias_for_mem_enc
         mem = self.memory_encoder(vision, mask[..., None], skip_mask_sigmoid=True)
         if self.sam2_1:

@@ -1,0 +1,90 @@
+"""The tiny SAM 2 trained from scratch on the embedded moving-shapes videos (`vitsam_shapes_video`), offline: the
+default recipe of `train.sam2`.
+
+Run:      python -m train.sam2 --workdir /tmp/sam2_shapes
+Then:     vitsam track examples/shapes_clip.mp4 --checkpoint /tmp/sam2_shapes --point 0,40,40 --out tracks/
+Hardware: a 2-core CPU, no accelerator.
+Time:     see README ("Train SAM 2 on video") for the measured time and J&F of this recipe.
+Result:   J, F and J&F on the 100 test clips (12 frames, every object visible on frame 0), prompted with the
+          first-frame mask and with one click on frame 0.
+"""
+
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 4            # clips per step (global); each brings up to data.max_objects object tracks
+    c.total_steps = 1500
+    c.log_every = 25
+    c.eval_every = 1500
+    c.checkpoint_every = 250
+    c.keep_checkpoints = 3
+    c.init_from = ""            # fine-tune from a SAM 2 checkpoint: an official sam2.1_*.pt, a `vitsam convert`
+    #                             folder or a train.sam2 workdir
+    c.freeze_image_encoder = False
+    c.eval_only = False         # evaluate init_from on the eval data (DIR/eval.json) and stop
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    c.sharding_rules = ((".*", "fsdp"),)
+    c.sharding_min_size = 2**14
+
+    c.data = ml_collections.ConfigDict()
+    c.data.format = "tfds"      # "tfds" (vitsam_shapes_video), "davis" (DAVIS / YouTube-VOS folders), "sav" (SA-V)
+    c.data.name = "vitsam_shapes_video"
+    c.data.data_dir = ml_collections.config_dict.placeholder(str)
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.train_path = ""      # davis / sav: the dataset root
+    c.data.eval_path = ""       # davis / sav: the eval root (default: train_path)
+    c.data.davis_train_set = "train"   # davis: ImageSets/2017/<name>.txt (YouTube-VOS: the split folder)
+    c.data.davis_eval_set = "val"
+    c.data.image_size = 128     # frames are resized to this side when read (bicubic, as the video predictor)
+    c.data.num_frames = 8       # frames per training clip (the paper: 8)
+    c.data.eval_num_frames = 12  # frames per eval clip, from each video's first frame
+    c.data.frame_stride = 1
+    c.data.max_objects = 3      # object tracks per clip (the paper: up to 3 masklets per video)
+    c.data.flip = True
+    c.data.num_threads = 0
+    c.data.worker_count = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.variant = "tiny"
+    for name in ("image_size", "embed_dim", "num_heads", "d_model", "mem_dim", "num_maskmem",
+                 "memory_attention_layers", "memory_attention_mlp_dim", "memory_fuser_layers", "decoder_depth",
+                 "decoder_heads", "decoder_mlp_dim", "max_obj_ptrs_in_encoder"):
+        c.model[name] = ml_collections.config_dict.placeholder(int)
+    c.model.stages = ml_collections.config_dict.placeholder(tuple)
+    c.model.global_att_blocks = ml_collections.config_dict.placeholder(tuple)
+    c.model.window_spec = ml_collections.config_dict.placeholder(tuple)
+    c.model.image_size = 128    # the tiny SAM 2 at 128 px: an 8 x 8 memory grid, 32 x 32 low-res masks
+    c.model.dtype = "float32"
+
+    c.sim = ml_collections.ConfigDict()
+    c.sim.mask_prob = 0.5       # frame 0 prompted with the object's mask, else a point or a box (the paper: 0.5)
+    c.sim.box_prob = 0.5        # of the point-prompted tracks, a box with this probability (the paper: 0.5)
+    c.sim.box_noise = 0.1
+    c.sim.box_max_noise = 20.0
+    c.sim.correction_clicks = 2  # clicks after the first prompt, on frame 0 and on a corrected frame (paper: 7)
+    c.sim.correct_frame_prob = 0.5  # one more random frame gets clicks and becomes a conditioning frame
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.focal_weight = 20.0
+    c.loss.dice_weight = 1.0
+    c.loss.iou_weight = 1.0
+    c.loss.object_weight = 1.0
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.prompts = ("mask", "click")   # first-frame mask (semi-supervised VOS) and one click on frame 0
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 2e-3
+    c.optim.end_lr = 1e-5
+    c.optim.warmup_steps = 50
+    c.optim.weight_decay = 0.01
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.clip_norm = 1.0
+    c.optim.grad_accum_steps = 1
+    return c
