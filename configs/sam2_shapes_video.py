@@ -16,9 +16,9 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.batch_size = 4            # clips per step (global); each brings up to data.max_objects object tracks
-    c.total_steps = 1500
+    c.total_steps = 700
     c.log_every = 25
-    c.eval_every = 1500
+    c.eval_every = 350
     c.checkpoint_every = 250
     c.keep_checkpoints = 3
     c.init_from = ""            # fine-tune from a SAM 2 checkpoint: an official sam2.1_*.pt, a `vitsam convert`
@@ -66,7 +66,7 @@ def get_config():
     c.sim.box_prob = 0.5        # of the point-prompted tracks, a box with this probability (the paper: 0.5)
     c.sim.box_noise = 0.1
     c.sim.box_max_noise = 20.0
-    c.sim.correction_clicks = 2  # clicks after the first prompt, on frame 0 and on a corrected frame (paper: 7)
+    c.sim.correction_clicks = 1  # clicks after the first prompt, on frame 0 and on a corrected frame (paper: 7)
     c.sim.correct_frame_prob = 0.5  # one more random frame gets clicks and becomes a conditioning frame
 
     c.loss = ml_collections.ConfigDict()

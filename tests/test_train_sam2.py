@@ -1,0 +1,222 @@
+"""train.sam2: the memory bank of a training clip against the inference planner, clip batches, an end-to-end run of
+the trainer (train, eval, eval_only, the workdir tracked by the video predictor) and its one-line errors.
+
+train.sam2 defines absl flags, as train.sam does; both cannot be imported into one process, so the trainer runs in
+subprocesses here and only its flag-free task (`train.sam2_task`) is imported."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from train.sam2_task import Sam2Task, _tight_boxes  # noqa: E402
+
+SMALL_CFG = {"data.name": "vitsam_shapes_video/small", "data.image_size": 64, "model.image_size": 64,
+             "data.num_frames": 3, "data.eval_num_frames": 4, "data.max_objects": 2, "batch_size": 2,
+             "sim.correction_clicks": 1, "sim.correct_frame_prob": 1.0, "log_every": 1, "optim.warmup_steps": 1}
+
+
+def recipe(**changes):
+    from configs.sam2_shapes_video import get_config
+
+    cfg = get_config()
+    for key, value in changes.items():
+        node = cfg
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from vitsam.data.shapes_video_builder import prepare_shapes_video
+
+    path = tmp_path_factory.mktemp("tfds")
+    prepare_shapes_video(path, "small")
+    return path
+
+
+@pytest.mark.parametrize("num_frames", [8, 12])
+def test_memory_bank_of_a_training_clip_is_the_inference_plan(num_frames):
+    """Frame t of a clip attends to what `plan_memory` (the official inference choice) picks for it, with the
+    clip's conditioning frames (frame 0 and corrected ones) and every earlier frame tracked."""
+    from vitsam.models.sam2 import plan_memory, sam2_variant
+
+    model = sam2_variant("tiny", num_maskmem=4, max_obj_ptrs_in_encoder=5)
+    task = Sam2Task(recipe(), model, {})
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        is_cond = np.zeros((1, num_frames), bool)
+        is_cond[0, 0] = True
+        is_cond[0, rng.choice(np.arange(1, num_frames), 2, replace=False)] = True
+        for t in range(1, num_frames):
+            cond = [s for s in range(t) if is_cond[0, s]]
+            plan = plan_memory(t, cond, range(t), num_frames, model.num_maskmem, model.max_obj_ptrs_in_encoder)
+            mem_valid, tpos, ptr_valid, offsets = jax.device_get(task._memory_bank(t, jnp.asarray(is_cond), num_frames))
+            assert {(int(s), int(tpos[0, s])) for s in np.flatnonzero(mem_valid[0])} == set(plan.memories)
+            assert {(int(s), int(offsets[0, s])) for s in np.flatnonzero(ptr_valid[0])} == set(plan.pointers)
+
+
+def test_tight_boxes_are_the_mask_boxes():
+    from vitsam.data.shapes import mask_to_box
+    from vitsam.data.shapes_video import render_clip
+
+    clip = render_clip(3, image_size=64, num_frames=4)
+    masks = clip.masks.reshape(-1, 64, 64)
+    boxes = np.asarray(_tight_boxes(jnp.asarray(masks)))
+    for mask, box in zip(masks, boxes):
+        assert np.array_equal(box, mask_to_box(mask) if mask.any() else np.zeros(4))
+
+
+def test_clip_batches(data_dir):
+    from vitsam.data.sources import open_source
+    from vitsam.data.video_clips import make_clip_iterator
+    from vitsam.data.video_source import TfdsVideoSource
+
+    source = TfdsVideoSource(open_source("vitsam_shapes_video/small", "test", data_dir))
+    batch = next(make_clip_iterator(source, 4, 32, 5, 2, train=False, process_index=0, process_count=1,
+                                    num_threads=0))
+    assert batch["frames"].shape == (4, 5, 32, 32, 3) and batch["masks"].shape == (4, 2, 5, 32, 32)
+    assert (batch["start"] == 0).all()
+    for row in range(4):
+        record = source.read(int(batch["index"][row]), list(range(5)))
+        visible = record["masks"][:, 0].any(axis=(1, 2))
+        ids = np.asarray(record["object_ids"])[visible][:2]
+        n = len(ids)
+        assert batch["object_valid"][row].tolist() == [True] * n + [False] * (2 - n)
+        assert batch["object_ids"][row, :n].tolist() == ids.tolist()
+        for slot, obj in enumerate(ids):  # 64 -> 32: nearest neighbour takes every second pixel (centres)
+            k = list(record["object_ids"]).index(obj)
+            assert np.array_equal(batch["masks"][row, slot], record["masks"][k][:, 1::2, 1::2])
+        assert batch["masks"][row, :n, 0].any(axis=(1, 2)).all()  # every slot visible on the prompted frame
+
+    it = make_clip_iterator(source, 2, 32, 5, 2, train=True, seed=3, process_index=0, process_count=1, num_threads=0)
+    next(it)
+    state = it.get_state()
+    want = next(it)
+    again = make_clip_iterator(source, 2, 32, 5, 2, train=True, seed=3, process_index=0, process_count=1,
+                               num_threads=0)
+    again.set_state(state)
+    got = next(again)
+    for key in want:
+        assert np.array_equal(want[key], got[key]), key
+    for row in range(2):  # a random start, still with every valid slot visible on its first frame
+        assert got["masks"][row][got["object_valid"][row], 0].any(axis=(1, 2)).all()
+    with pytest.raises(ValueError, match=r"has 8 annotated frames; a clip of 9 frames 1 apart needs 9"):
+        make_clip_iterator(source, 2, 32, 9, 2, train=True, process_index=0, process_count=1)
+
+
+def _run(workdir, *args, timeout=900):
+    flags = [f"--config.{k}={v}" for k, v in SMALL_CFG.items()]
+    return subprocess.run([sys.executable, "-m", "train.sam2", f"--workdir={workdir}", *flags, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_trains_evaluates_and_the_workdir_tracks_a_video(tmp_path, data_dir):
+    run = _run(tmp_path / "run", f"--config.data.data_dir={data_dir}", "--config.total_steps=3",
+               "--config.eval_every=3", "--config.data.eval_split=test[:4]")
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and r["objects"] >= 2 for r in train_rows)
+    (ev,) = [r for r in rows if r["split"] == "eval"]
+    for prompt in ("mask", "click"):
+        for m in ("J", "F", "JF"):
+            assert 0.0 <= ev[f"{m}_{prompt}"] <= 1.0
+        assert ev[f"JF_{prompt}"] == pytest.approx((ev[f"J_{prompt}"] + ev[f"F_{prompt}"]) / 2, abs=1e-5)
+    assert ev["examples"] == 4
+
+    # eval_only on the workdir gives the same figures, and trains nothing
+    again = _run(tmp_path / "eval", f"--config.data.data_dir={data_dir}", f"--config.init_from={tmp_path / 'run'}",
+                 "--config.eval_only=True", "--config.data.eval_split=test[:4]")
+    assert again.returncode == 0, again.stderr[-3000:]
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    for key in ("J_mask", "F_click", "JF_mask", "examples"):
+        assert saved[key] == pytest.approx(ev[key], abs=1e-5)
+    assert not (tmp_path / "eval" / "checkpoints").exists()
+
+    # the workdir is a SAM 2 checkpoint for the video predictor
+    from vitsam import Sam2VideoPredictor
+    from vitsam.convert import load_model
+    from vitsam.data.shapes_video import render_clip
+
+    model, variables, kind = load_model(tmp_path / "run")
+    assert kind == "sam2" and model.image_size == 64
+    clip = render_clip(0, image_size=64, num_frames=4)
+    predictor = Sam2VideoPredictor(model, variables)
+    state = predictor.init_state(clip.frames)
+    predictor.add_new_mask(state, 0, 1, clip.masks[0, 0])
+    frames = [f for f, _, masks in predictor.propagate_in_video(state) if masks.shape == (1, 1, 64, 64)]
+    assert frames == [0, 1, 2, 3]
+
+
+def test_bad_input_is_one_line(tmp_path, data_dir):
+    from PIL import Image
+
+    from vitsam.convert import export
+    from vitsam.models import sam_init, sam_variant
+
+    sam1 = sam_variant("tiny", image_size=64, patch_size=16, encoder_dim=32, encoder_depth=1, encoder_heads=2,
+                       global_attn_indexes=(0,), prompt_dim=32, mask_in_chans=8, decoder_depth=1, decoder_heads=2,
+                       decoder_mlp_dim=64, iou_head_hidden_dim=32, text=False)
+    export(sam1, sam_init(sam1, jax.random.PRNGKey(0)), tmp_path / "sam1", kind="sam")
+
+    davis = tmp_path / "davis"  # frame 00001 has no annotation
+    for name in ("00000", "00001"):
+        (davis / "JPEGImages" / "480p" / "seq").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(davis / "JPEGImages" / "480p" / "seq" / f"{name}.jpg")
+    (davis / "Annotations" / "480p" / "seq").mkdir(parents=True)
+    Image.fromarray(np.ones((24, 32), np.uint8), mode="P").save(davis / "Annotations" / "480p" / "seq" / "00000.png")
+    (davis / "ImageSets" / "2017").mkdir(parents=True)
+    for split in ("train", "val"):
+        (davis / "ImageSets" / "2017" / f"{split}.txt").write_text("seq\n")
+
+    cases = {
+        "sam1": ({"init_from": str(tmp_path / "sam1")}, "holds a sam model, not a SAM 2"),
+        "short": ({"data.num_frames": 9}, "has 8 annotated frames; a clip of 9 frames 1 apart needs 9"),
+        "davis": ({"data.format": "davis", "data.train_path": str(davis)},
+                  "DAVIS sequence seq: frame 00001.jpg has no annotation"),
+        "format": ({"data.format": "youtube"}, "data.format must be one of"),
+        "eval_only": ({"eval_only": True}, "eval_only evaluates the checkpoint in init_from, which is empty"),
+        "prob": ({"sim.mask_prob": 1.5}, "sim.mask_prob must be in [0, 1]"),
+        "prompts": ({"eval.prompts": ("box",)}, "eval.prompts must be some of"),
+    }
+    # Every case through `train.sam2.train` in one process (each would cost a process start on the command line)
+    base = {**SMALL_CFG, "data.data_dir": str(data_dir), "total_steps": 1}
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(REPO)!r})
+from train import sam2
+from tests.test_train_sam2 import recipe
+out = {{}}
+for name, (changes, _) in {cases!r}.items():
+    try:
+        sam2.train(recipe(**{{**{base!r}, **changes}}), {str(tmp_path / "bad")!r})
+        out[name] = None
+    except ValueError as e:
+        out[name] = str(e)
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, (_, message) in cases.items():
+        assert errors[name] is not None and message in errors[name], (name, errors[name])
+        assert "\n" not in errors[name]
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+    # on the command line: one line on stderr, exit status 1
+    out = _run(tmp_path / "bad", f"--config.data.data_dir={data_dir}", f"--config.init_from={tmp_path / 'sam1'}")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("train.sam2: error: ") and "not a SAM 2" in out.stderr
