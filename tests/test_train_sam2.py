@@ -220,3 +220,16 @@ print(json.dumps(out))
     out = _run(tmp_path / "bad", f"--config.data.data_dir={data_dir}", f"--config.init_from={tmp_path / 'sam1'}")
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith("train.sam2: error: ") and "not a SAM 2" in out.stderr
+
+
+def test_multimask_choice_follows_the_official_rule():
+    """SAM2Base._use_multimask: multimask_output_in_sam and (is_init_cond_frame or multimask_output_for_tracking)
+    and multimask_min_pt_num (0) <= points <= multimask_max_pt_num (1)."""
+    from vitsam.models.sam2 import sam2_variant
+
+    for tracking in (True, False):
+        model = sam2_variant("tiny", multimask_output_for_tracking=tracking)
+        for points in range(4):
+            for init_cond in (True, False):
+                want = (init_cond or tracking) and 0 <= points <= 1
+                assert model.multimask_for(points, init_cond) == want, (tracking, points, init_cond)

@@ -135,7 +135,7 @@ class Sam2Task:
                 "mask_w": mask_w.astype(jnp.float32), "w": weight.astype(jnp.float32)}
 
     def _clicks(self, params, pix, high_res, target, key, points, labels, first, num_real: int, clicks: int,
-                weight):
+                weight, init_cond: bool):
         """`clicks` correction clicks after `first` (a HeadOutput): each from the error region of the previous
         chosen mask (uniform), the previous low-res logits fed back; single mask output from 2 points on.
         Returns the last HeadOutput and each click's loss terms (dicts of (N,))."""
@@ -146,7 +146,7 @@ class Sam2Task:
             pt, lab = prompts.error_point(k, pred, target, self.size, self.size)
             points = points.at[:, num_real + i].set(pt)
             labels = labels.at[:, num_real + i].set(lab)
-            multimask = jnp.full((pix.shape[0],), num_real + i + 1 <= 1)
+            multimask = jnp.full((pix.shape[0],), self.model.multimask_for(num_real + i + 1, init_cond))
             mask_in = jnp.clip(jax.lax.stop_gradient(prev.masks), -LOW_RES_CLAMP, LOW_RES_CLAMP)
             prev = self._call(params, Sam2.sam_heads_train, pix, high_res, points, labels, mask_in, multimask)
             steps.append(self._step_loss(params, prev, target, multimask, weight))
@@ -204,7 +204,7 @@ class Sam2Task:
         first = self._call(params, Sam2.sam_heads_train, pix0, hr0, points, labels, None, multimask)
         prompted = valid & ~use_mask
         steps = [self._step_loss(params, first, t0, multimask, prompted)]
-        last, more = self._clicks(params, pix0, hr0, t0, k_click, points, labels, first, 2, clicks, prompted)
+        last, more = self._clicks(params, pix0, hr0, t0, k_click, points, labels, first, 2, clicks, prompted, True)
         steps += more
         out0 = _select(use_mask, given, last)
         mem0 = self._call(params, Sam2.encode_memory, vision[0],
@@ -236,7 +236,8 @@ class Sam2Task:
             corrected = prompted & (t == corr_frame) & corr_on
             if clicks:
                 def correct(_):
-                    last, more = self._clicks(params, pix, hr, target, k, *no_points, tracked, 0, clicks, corrected)
+                    last, more = self._clicks(params, pix, hr, target, k, *no_points, tracked, 0, clicks, corrected,
+                                              False)
                     return last, jax.tree.map(lambda *x: jnp.stack(x), *more)
 
                 def keep(_):

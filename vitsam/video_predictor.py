@@ -322,7 +322,8 @@ class Sam2VideoPredictor:
             bank = {} if init_cond else self._bank(state, [obj], frame_idx, reverse)
             heads, _ = self._track(self.variables, feats.vision, feats.vision_pos, feats.high_res, **bank,
                                    point_coords=jnp.asarray(coords[None]), point_labels=jnp.asarray(labels[None]),
-                                   mask_input=mask_input, multimask_output=self.model.multimask_for(len(labels)),
+                                   mask_input=mask_input,
+                                   multimask_output=self.model.multimask_for(len(labels), init_cond),
                                    encode=False, **self._bank_static(state, bank))
         obj.temp[key][frame_idx] = self._output(heads, 0, None)
         return frame_idx, state.obj_ids, self._frame_masks(state, frame_idx, key)

@@ -95,7 +95,8 @@ def _kinds() -> dict[str, ModelKind]:
         load_official=_load_vit)
     sam2 = ModelKind(
         name="sam2", module=Sam2, variants=tuple(SAM2_VARIANTS), build=sam2_variant, init=sam2_init,
-        training_fields=("dtype",), official_suffixes=(".pt", ".pth"), is_official=_is_sam2_pt,
+        training_fields=("dtype", "multimask_output_for_tracking"), official_suffixes=(".pt", ".pth"),
+        is_official=_is_sam2_pt,
         load_official=_load_sam2)
     # The order official files are tried in: SAM 2 (whose keys also start with image_encoder.), then SAM, then
     # any ViT file.

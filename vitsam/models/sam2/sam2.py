@@ -97,6 +97,7 @@ class Sam2(nn.Module):
     sigmoid_scale_for_mem_enc: float = 20.0
     sigmoid_bias_for_mem_enc: float = -10.0
     sam2_1: bool = True
+    multimask_output_for_tracking: bool = True
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
 
@@ -155,10 +156,12 @@ class Sam2(nn.Module):
             self.no_obj_embed_spatial = self.param("no_obj_embed_spatial", init, (self.mem_dim,), self.param_dtype)
 
     @nn.nowrap
-    def multimask_for(self, num_points: int) -> bool:
+    def multimask_for(self, num_points: int, init_cond: bool = False) -> bool:
         """Whether a frame prompted with `num_points` points (box corners count; 0 while tracking) takes the
-        best of three masks: at most one point, as the SAM 2 configs' multimask_{min,max}_pt_num = 0, 1."""
-        return num_points <= 1
+        best of three masks: at most one point, as the SAM 2 configs' multimask_{min,max}_pt_num = 0, 1, and, on a
+        frame that is not an initial conditioning frame, only with `multimask_output_for_tracking` (the official
+        option of that name; True in the SAM 2.1 configs)."""
+        return num_points <= 1 and (init_cond or self.multimask_output_for_tracking)
 
     # -- image -------------------------------------------------------------------------------------------------
     def encode_image(self, images: jnp.ndarray, backbone_gradient: bool = True) -> Sam2Features:
