@@ -2,7 +2,7 @@
 default recipe of `train.sam2`.
 
 Run:      python -m train.sam2 --workdir /tmp/sam2_shapes
-Then:     vitsam track examples/shapes_clip.mp4 --checkpoint /tmp/sam2_shapes --point 0,40,40 --out tracks/
+Then:     vitsam track CLIP --checkpoint /tmp/sam2_shapes --point 0,X,Y --out tracks/   (a video file or frame folder)
 Hardware: a 2-core CPU, no accelerator.
 Time:     ~1.5 s a step (4 clips of 8 frames, up to 3 objects each), compile ~100 s, each eval ~40 s; 700 steps
           took 25 min 7 s (2026-12-04, jax 0.10.2, 2-core AMD EPYC, AVX2 without AVX-512).
