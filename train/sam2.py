@@ -150,14 +150,12 @@ def sam2_task(cfg, model, train_source, eval_source, initial_variables=None) -> 
     task = Sam2Task(cfg, model, constants)
     train_iterator, eval_iterator = (make_iterators(cfg, train_source, eval_source)
                                      if eval_source is not None else (None, None))
-    if train_source is not None:
-        from vitsam.data.video_clips import check_lengths
+    from vitsam.data.video_clips import check_lengths
 
-        check_lengths(train_source, d.num_frames, d.frame_stride)
-    if eval_source is not None:
-        from vitsam.data.video_clips import check_lengths
-
-        check_lengths(eval_source, d.eval_num_frames, d.frame_stride)
+    # Before any compile: a short video is named now, not when the iterators first read.
+    for source, frames in ((train_source, d.num_frames), (eval_source, d.eval_num_frames)):
+        if source is not None:
+            check_lengths(source, frames, d.frame_stride)
 
     def batch_spec(global_batch):
         b, t, o, s = global_batch, d.num_frames, d.max_objects, d.image_size

@@ -116,9 +116,15 @@ def prepare_shapes(data_dir: str | os.PathLike | None = None,
     local disk or on one process before the others read: TFDS writes into a temporary folder
     and renames it, but two writers racing on one shared folder are not coordinated.
     """
+    return prepare_builder(VitsamShapes, data_dir, config)
+
+
+def prepare_builder(builder_class, data_dir: str | os.PathLike | None, config: str):
+    """`builder_class` (an embedded generator-based builder) for `config` under `data_dir` in array_record,
+    prepared unless it already is."""
     if data_dir is not None:
         data_dir = os.path.expanduser(os.fspath(data_dir))
-    builder = VitsamShapes(data_dir=data_dir, config=config, file_format="array_record")
+    builder = builder_class(data_dir=data_dir, config=config, file_format="array_record")
     if not builder.is_prepared():
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             compute_stats=tfds.download.ComputeStatsMode.SKIP))  # stats would need TensorFlow

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vitsam.data import shapes, shapes_video
-from vitsam.data.shapes_builder import _png
+from vitsam.data.shapes_builder import _png, prepare_builder
 
 NAME = "vitsam_shapes_video"
 SPLIT_SEEDS = {"train": 0, "test": 1}
@@ -112,10 +112,4 @@ def prepare_shapes_video(data_dir: str | os.PathLike | None = None,
     means TFDS's default (~/tensorflow_datasets). As for `shapes_builder.prepare_shapes`, prepare
     on one process (or on each host's local disk) before the others read.
     """
-    if data_dir is not None:
-        data_dir = os.path.expanduser(os.fspath(data_dir))
-    builder = VitsamShapesVideo(data_dir=data_dir, config=config, file_format="array_record")
-    if not builder.is_prepared():
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            compute_stats=tfds.download.ComputeStatsMode.SKIP))  # stats would need TensorFlow
-    return builder
+    return prepare_builder(VitsamShapesVideo, data_dir, config)
