@@ -62,10 +62,11 @@ def get_config():
     c.model.global_att_blocks = ml_collections.config_dict.placeholder(tuple)
     c.model.window_spec = ml_collections.config_dict.placeholder(tuple)
     c.model.image_size = 128    # the tiny SAM 2 at 128 px: an 8 x 8 memory grid, 32 x 32 low-res masks
-    # Tracked frames take mask 0, not the best of masks 1-3 (the SAM 2.1 configs: True). With at most 3 objects a
-    # clip, the three multimask outputs can each learn one object, and the lowest-loss choice then always finds the
-    # right one without the memory: the tiny model learnt to ignore its memory bank that way (J&F 0.33).
-    c.model.multimask_output_for_tracking = False
+    # Tracked frames take mask 0, not the best of masks 1-3, when training from scratch (None: False from scratch,
+    # the checkpoint's own value with init_from, True in SAM 2.1). With at most 3 objects a clip, the three
+    # multimask outputs can each learn one object, and the lowest-loss choice then always finds the right one
+    # without the memory: the tiny model learnt to ignore its memory bank that way (J&F 0.33).
+    c.model.multimask_output_for_tracking = ml_collections.config_dict.placeholder(bool)
     c.model.dtype = "float32"
 
     c.sim = ml_collections.ConfigDict()

@@ -153,6 +153,7 @@ def test_trains_evaluates_and_the_workdir_tracks_a_video(tmp_path, data_dir):
 
     model, variables, kind = load_model(tmp_path / "run")
     assert kind == "sam2" and model.image_size == 64
+    assert not model.multimask_output_for_tracking  # the from-scratch default (configs/sam2_shapes_video.py)
     clip = render_clip(0, image_size=64, num_frames=4)
     predictor = Sam2VideoPredictor(model, variables)
     state = predictor.init_state(clip.frames)

@@ -57,6 +57,9 @@ def build_model(cfg):
     `cfg.model` changed (parameter shapes do not depend on the input size)."""
     overrides = loop.model_overrides(cfg.model)
     if not cfg.init_from:
+        # From scratch, tracked frames take the single mask unless the config says otherwise (configs/
+        # sam2_shapes_video.py says why); a checkpoint keeps its own choice.
+        overrides.setdefault("multimask_output_for_tracking", False)
         try:
             return sam2_variant(cfg.model.variant, **overrides), None
         except TypeError as e:
