@@ -8,7 +8,7 @@ Time:     ~1.5 s a step (4 clips of 8 frames, up to 3 objects each), compile ~10
           took 25 min 7 s (2026-12-04, jax 0.10.2, 2-core AMD EPYC, AVX2 without AVX-512).
 Result:   J, F and J&F on the 100 test clips (12 frames, every object visible on frame 0), prompted with the
           first-frame mask and with one click on frame 0: J&F 0.320 for both (2026-12-04, 700 steps as above,
-          before tracked frames took the single mask); 0.182 at 64 px, lr 1e-3, 1,200 steps (12 min 28 s).
+          before tracked frames took the single mask); 0.182 at 64 px, lr 1e-3, 1,200 steps.
           Not yet the goal of 0.75: the model does not learn to use its memory bank (README "Train or fine-tune
           SAM 2 on video" says what was measured).
 """
