@@ -23,4 +23,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'vitsam.data' has no attribute {name!r}")
 
 
-__all__ = ["instances", "order", "pipeline", "shapes", "shapes_builder", "sources", "transforms", *_LAZY[5:]]
+__all__ = ["shapes", "transforms", *_LAZY]
