@@ -344,6 +344,159 @@ def test_amg_case_runs_generate_on_the_tiny_sam():
     assert rec["flops"] == bench.amg_flops(sam_variant("tiny", **AMG_TINY), **AMG_FEW)
 
 
+# --- the host CPU, and each contender in its own process ---------------------------------------------------
+
+AMD_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC 7B13
+physical id\t: 0
+siblings\t: 2
+core id\t\t: 0
+cpu cores\t: 2
+flags\t\t: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c bmi1 avx2 bmi2 sha_ni vaes vpclmulqdq
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC 7B13
+physical id\t: 0
+siblings\t: 2
+core id\t\t: 1
+cpu cores\t: 2
+flags\t\t: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c bmi1 avx2 bmi2 sha_ni vaes vpclmulqdq
+"""
+
+# Sapphire Rapids, 2 cores with 2 hyper-threads each.
+INTEL_FLAGS = ("fpu sse sse2 fma avx avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni avx512_bf16 "
+               "amx_bf16 amx_tile amx_int8")
+INTEL_CPUINFO = "\n\n".join(
+    f"processor\t: {i}\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+    f"model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\nphysical id\t: 0\nsiblings\t: 4\n"
+    f"core id\t\t: {i // 2}\ncpu cores\t: 2\nflags\t\t: {INTEL_FLAGS}" for i in range(4)) + "\n"
+
+
+def test_cpuinfo_parser_names_the_model_cores_and_extensions(tmp_path):
+    amd = bench.parse_cpuinfo(AMD_CPUINFO)
+    assert (amd["model"], amd["family"], amd["model_id"]) == ("AMD EPYC 7B13", "25", "1")
+    assert (amd["physical_cores"], amd["logical_cores"]) == (2, 2)
+    assert [f for f, on in amd["isa"].items() if on] == ["avx", "avx2", "fma"]
+    assert list(amd["isa"]) == list(bench.ISA_FLAGS)
+    intel = bench.parse_cpuinfo(INTEL_CPUINFO)
+    assert intel["model"].startswith("Intel(R) Xeon(R) Platinum 8481C")
+    assert (intel["physical_cores"], intel["logical_cores"]) == (2, 4)
+    assert all(intel["isa"].values())
+    arm = bench.parse_cpuinfo("processor\t: 0\nFeatures\t: fp asimd\n\nprocessor\t: 1\nFeatures\t: fp asimd\n")
+    assert arm == dict(model=None, family=None, model_id=None, logical_cores=2, physical_cores=None, isa={})
+    line = bench.cpu_summary(dict(amd, usable_cores=2))
+    assert line == ("AMD EPYC 7B13 (family 25 model 1), 2 physical / 2 logical cores (2 usable); avx avx2 fma, "
+                    "no avx512f avx512_bf16 avx512_vnni amx_tile amx_bf16")
+    assert bench.cpu_summary(dict(arm, usable_cores=2)).endswith("; extensions unknown")
+    (tmp_path / "cpuinfo").write_text(INTEL_CPUINFO)
+    assert bench.cpu_info(tmp_path / "cpuinfo")["physical_cores"] == 2
+    here = bench.cpu_info(tmp_path / "missing")  # no /proc/cpuinfo: platform's answer
+    assert here["logical_cores"] and here["isa"] == {} and here["usable_cores"] >= 1
+    assert bench.tuned_threads(dict(intel, usable_cores=4)) == 2 and bench.tuned_threads(dict(arm, usable_cores=3)) == 3
+
+
+def test_worker_env_leaves_out_the_thread_settings():
+    base = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HOME": "/h",
+            "XLA_FLAGS": "--x", "PYTHONPATH": "/p"}
+    env = bench.worker_env(base=base)
+    assert not set(env) & set(bench.THREAD_ENV_VARS)
+    assert env["HOME"] == "/h" and env["XLA_FLAGS"] == "--x" and env["PYTHONPATH"].endswith(":/p")
+    assert (env["PYTHONPATH"].split(":")[0] + "/vitsam/bench/processes.py").endswith("vitsam/bench/processes.py")
+    tuned = bench.worker_env(3, base=base)
+    assert tuned["OMP_NUM_THREADS"] == tuned["MKL_NUM_THREADS"] == "3" and "OMP_WAIT_POLICY" not in tuned
+
+
+def test_rounds_alternate_and_the_medians_and_spread_are_numpys(monkeypatch):
+    assert bench.round_orders(2, 4) == [[0, 1], [1, 0], [0, 1], [1, 0]]
+    assert bench.round_orders(3, 2) == [[0, 1, 2], [2, 1, 0]] and bench.round_orders(1, 2) == [[0], [0]]
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    record = dict(model="vit:fake", mode="forward", batch=4, dtype="float32", unit="images", flops=2e9)
+    cases = [bench.Case(dict(record, framework="vitsam", impl="vitsam/einsum", kernel="einsum"), None),
+             bench.Case(dict(record, framework="vitsam", impl="vitsam/cudnn", kernel="cudnn"), None, skip="no GPU"),
+             bench.Case(dict(record, framework="torch", impl="timm", kernel=None), None)]
+    rng = np.random.default_rng(0)
+    calls = []
+
+    def launch(spec, env):
+        calls.append((spec["impl"], spec["threads"], env.get("OMP_NUM_THREADS"), "OMP_WAIT_POLICY" in env))
+        assert json.loads(json.dumps(spec)) == spec and spec["group"]["overrides"] == "{'depth': 1}"
+        if len(calls) == 4:  # the tuned peer's second round
+            return {"error": "RuntimeError: out of memory"}
+        scale = 0.1 if spec["impl"].startswith("vitsam") else 0.3 if spec["threads"] is None else 0.2
+        return dict(cases[spec["index"]].record, times_s=list(scale + rng.uniform(0, 0.01, 3)),
+                    compile_s=float(len(calls)), device="cpu", torch_threads=spec["threads"] or 2)
+
+    group = dict(spec="vit:fake", overrides={"depth": 1})
+    n = bench.tuned_threads(bench.cpu_info())
+    recs = bench.run_group_in_processes(group, cases, warmup=1, iters=3, rounds=3, peer_tuned=True, peak=None,
+                                        launch=launch)
+    assert [c[:3] for c in calls] == [("vitsam/einsum", None, None), ("timm", None, None), ("timm", n, str(n)),
+                                      ("timm", n, str(n)), ("timm", None, None), ("vitsam/einsum", None, None),
+                                      ("vitsam/einsum", None, None), ("timm", None, None)]  # tuned: failed
+    assert not any(c[3] for c in calls)  # OMP_WAIT_POLICY reached no worker
+    ours, skipped, timm, tuned = recs
+    assert skipped["skipped"] == "no GPU" and "step_s" not in skipped
+    assert tuned["impl"] == "timm tuned" and tuned["error"].startswith("round 2: RuntimeError")
+    for rec, compiles in ((ours, [1, 6, 7]), (timm, [2, 5, 8])):
+        rounds = np.reshape(rec["times_s"], (3, 3))
+        medians = np.median(rounds, axis=1)
+        assert rec["step_s"] == pytest.approx(np.median(rounds))
+        assert rec["round_medians_s"] == pytest.approx(medians)
+        assert rec["round_spread_s"] == pytest.approx([medians.min(), medians.max()])
+        assert rec["compile_s"] == np.median(compiles) and rec["compile_s_rounds"] == compiles
+        assert (rec["process"], rec["rounds"], rec["setting"]) == ("own", 3, "default")
+        assert rec["throughput_per_s"] == pytest.approx(4 / rec["step_s"])
+    table = bench.markdown_table(recs).splitlines()
+    assert "| rounds ms |" in table[0] and "vs torch tuned" not in table[0]
+    assert f"| {timm['step_s'] / ours['step_s']:.2f}× (timm) |" in table[2]
+    lo, hi = ours["round_spread_s"]
+    assert f"| {lo * 1e3:.2f}–{hi * 1e3:.2f} |" in table[2]
+    timed_tuned = dict(timm, impl="timm tuned", setting="tuned", step_s=timm["step_s"] / 2)
+    table = bench.markdown_table([ours, timm, timed_tuned]).splitlines()
+    assert table[0].endswith("| vs torch | vs torch tuned |")
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    ratio = timm["step_s"] / ours["step_s"]
+    assert f"| {ratio:.2f}× (timm) | {ratio / 2:.2f}× (timm tuned) |" in table[2]
+
+
+def test_process_mode_flags_are_clear_errors(capsys):
+    for argv, message in (
+            (["--torch", "--repeats", "2"], "in own processes use --rounds"),
+            (["--no-same-process", "--interleave"], "--interleave applies to --same-process runs"),
+            (["--same-process", "--rounds", "2"], "in one process use --repeats"),
+            (["--same-process", "--torch", "--peer-tuned"], "--peer-tuned needs each contender in its own process"),
+            (["--peer-tuned"], "--peer-tuned adds rows of the PyTorch peers at a tuned setting: add --torch"),
+            (["--no-same-process", "--rounds", "0"], "--rounds must be at least 1, got 0")):
+        assert cli.main(["bench", "--model", "vit:Ti/16", *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+def test_cli_bench_in_own_processes_end_to_end(tmp_path, monkeypatch):
+    """One tiny ViT contender, 2 rounds: 2 worker processes (a few seconds each)."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    out = tmp_path / "own.json"
+    argv = ["bench", "--model", "vit:Ti/16", "--image-size", "32", "--set", "patch_size=8", "--set", "depth=1",
+            "--batch", "1", "--warmup", "1", "--iters", "2", "--no-same-process", "--rounds", "2", "--out", str(out)]
+    assert cli.main(argv) == 0
+    data = json.loads(out.read_text())
+    env, (rec,) = data["environment"], data["results"]
+    assert env["processes"] == "own" and env["rounds"] == 2 and env["thread_env_removed"] == ["OMP_WAIT_POLICY"]
+    assert "--no-same-process" in env["command"] and "--rounds 2" in env["command"]
+    assert env["cpu_info"] == rec["cpu_info"] and rec["cpu_info"]["logical_cores"] >= 1
+    assert "error" not in rec, rec
+    assert (rec["process"], rec["rounds"], rec["impl"], rec["worker_env"]) == ("own", 2, "vitsam/einsum", {})
+    assert len(rec["times_s"]) == 4 and len(rec["round_medians_s"]) == 2 and len(rec["compile_s_rounds"]) == 2
+    assert rec["step_s"] == pytest.approx(float(np.median(rec["times_s"]))) and rec["overrides"]["depth"] == 1
+    md = out.with_suffix(".md").read_text()
+    assert md.splitlines()[2].startswith("CPU: ") and "| rounds ms |" in md and "each contender in its own" in md
+
+
 # --- PyTorch peers (pytest -m parity) ---------------------------------------------------------------------
 
 
@@ -415,6 +568,27 @@ def test_amg_peer_runs_the_same_model_and_finds_the_same_masks():
         assert "error" not in r, r
         assert set(r["phases_s"]) == {"encoder", "rest"} and r["masks"] >= 1
     assert ours["masks"] == theirs["masks"] and ours["flops"] == theirs["flops"]
+
+
+@pytest.mark.parity
+def test_timm_peer_in_own_processes_at_its_defaults(tmp_path, monkeypatch):
+    """vitsam and timm (default and tuned) on a tiny ViT, 2 rounds: 6 worker processes (~35 s on 2 busy cores)."""
+    pytest.importorskip("timm")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    out = tmp_path / "own.json"
+    argv = ["bench", "--model", "vit:Ti/16", "--image-size", "32", "--set", "patch_size=8", "--set", "depth=1",
+            "--batch", "1", "--warmup", "1", "--iters", "2", "--torch", "--peer-tuned", "--rounds", "2",
+            "--out", str(out)]
+    assert cli.main(argv) == 0
+    data = json.loads(out.read_text())
+    ours, timm, tuned = data["results"]
+    assert [r["impl"] for r in data["results"]] == ["vitsam/einsum", "timm", "timm tuned"]
+    for r in (ours, timm, tuned):
+        assert "error" not in r and len(r["times_s"]) == 4, r
+    n = bench.tuned_threads(bench.cpu_info())
+    assert timm["worker_env"] == {} and tuned["worker_env"] == {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n)}
+    assert tuned["torch_threads"] == tuned["tuned_threads"] == n and data["environment"]["torch_threads"] >= 1
+    assert "| vs torch | vs torch tuned |" in out.with_suffix(".md").read_text()
 
 
 @pytest.mark.parity

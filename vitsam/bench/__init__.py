@@ -10,9 +10,13 @@ or from the shell, `vitsam bench --model vit:B/16 --batch 1,8 --torch --out benc
 
 How a step is timed: the jitted function is lowered and compiled apart (`compile_s`), run `warmup` times,
 then `iters` times per round, each call ended by `block_until_ready`; `step_s` is the median of all timed
-calls. On CPUs the cases of one group (the same model, mode, batch and dtype: vitsam's attention kernels
-and the PyTorch peers) are built once and then timed in alternating rounds, so that on a shared machine a
-burst of load from elsewhere hits every contender alike; on accelerators they run one after another.
+calls, `round_spread_s` the lowest and highest of the rounds' medians. A group is the cases of one model,
+mode, batch and dtype: vitsam with each attention kernel and the PyTorch peers. With `--torch` on a CPU
+(`run_benchmarks(own_process=True)`) each of them runs in its own processes (`processes`): per round a fresh
+process each, at its library's default threading, the order alternating between rounds; the ratio of
+medians compares them. `--same-process` (`harness.run_group`, the default without `--torch` or off CPUs)
+builds a group's cases in one process and alternates rounds there instead (on accelerators it runs them one
+after another). Either way a burst of load from elsewhere on a shared machine hits every contender alike.
 
 FLOPs are model FLOPs, 2 × the multiply-accumulates of the matmuls and convolutions the model defines
 (softmax, norms and other elementwise work are not counted); a train step counts 3 × the forward, whatever
@@ -20,15 +24,19 @@ rematerialization adds. MFU = model FLOPs per second / the device's dense peak f
 `flops_xla` is XLA's own count of the compiled program (it includes the elementwise work, so it is a
 little higher). `matmul_flops` counts the matmuls of any JAX function from its jaxpr, a check on the formulas.
 
-Every result is a plain dict (JSON-ready); `error` or `skipped` is set instead of timings when a case
-cannot run (e.g. the cuDNN kernel without an NVIDIA GPU).
+Every result is a plain dict (JSON-ready) that names the host CPU (`cpu_info`: model, cores, AVX / AVX-512 /
+AMX extensions); `error` or `skipped` is set instead of timings when a case cannot run (e.g. the cuDNN kernel
+without an NVIDIA GPU).
 
 The modules, one concern each (a new benchmark case goes in `cases`, or `torch_peers` for a PyTorch one,
 and into `sweeps.sweep_cases` to be reachable from `vitsam bench`):
 
     flops        the FLOP formulas, the jaxpr matmul counter, XLA's cost and memory analysis
-    devices      compute dtypes by name, device peaks, MFU, the allocator's high-water mark
-    harness      Case / Runner, timing, run_group
+    devices      compute dtypes by name, device peaks, MFU, the allocator's high-water mark, the host CPU's
+                 model, cores and instruction-set extensions (cpu_info)
+    harness      Case / Runner, timing, run_group (a group's cases in one process)
+    processes    each contender in its own process: the worker (`python -m vitsam.bench.processes`), the
+                 alternating rounds, the merged records
     cases        vitsam's cases: ViT forward and train step, SAM image encoder, SAM prompt encoder + decoder,
                  the automatic mask generator (amg)
     torch_peers  timm and segment-anything peers, the official SAM from vitsam's fields, segment-anything's
@@ -48,8 +56,11 @@ import importlib
 _EXPORTS = {
     "flops": ("executable_bytes", "matmul_flops", "sam_decoder_flops", "sam_encoder_flops", "train_flops",
               "vit_flops", "xla_cost"),
-    "devices": ("DTYPES", "PEAK_TFLOPS", "device_peak_bytes", "mfu", "peak_tflops"),
-    "harness": ("Case", "Runner", "compiled_runner", "matmul_tflops", "run_group"),
+    "devices": ("DTYPES", "ISA_FLAGS", "PEAK_TFLOPS", "cpu_info", "cpu_summary", "device_peak_bytes", "mfu",
+                "parse_cpuinfo", "peak_tflops"),
+    "harness": ("Case", "Runner", "compiled_runner", "finalize_record", "matmul_tflops", "run_group"),
+    "processes": ("THREAD_ENV_VARS", "merge_rounds", "round_orders", "run_group_in_processes", "run_spec",
+                  "run_worker", "tuned_threads", "worker_env", "worker_spec"),
     "cases": ("KERNELS", "MODES", "adamw_train_step", "amg_flops", "amg_image", "bench_vit", "random_variables",
               "sam_amg_case", "sam_decoder_case", "sam_encoder_case", "vit_case"),
     "torch_peers": ("SharedSam", "official_sam", "require_torch", "timm_vit_case", "torch_available",

@@ -32,13 +32,27 @@ def add_arguments(p) -> None:
     p.add_argument("--torch", action="store_true", help="also run the PyTorch peers (timm, segment-anything)")
     p.add_argument("--torch-compile", action=argparse.BooleanOptionalAction, default=None,
                    help="add torch.compile (+ SDPA for SAM) peers (default: on GPU only)")
-    p.add_argument("--threads", type=int, help="PyTorch intra-op threads (default: the usable cores, as XLA uses)")
+    p.add_argument("--same-process", action=argparse.BooleanOptionalAction, default=None,
+                   help="time a group's cases in this one process in alternating rounds (--repeats), PyTorch set to "
+                        "--threads or the usable cores and the environment's OMP settings applying to both sides; "
+                        "--no-same-process: each contender in its own processes also without --torch or on an "
+                        "accelerator (default: own processes with --torch on CPU, else one process)")
+    p.add_argument("--rounds", type=int,
+                   help="own processes: rounds, each a fresh process per contender with its own warm-up, the order "
+                        "alternating between rounds (default 3)")
+    p.add_argument("--peer-tuned", action="store_true",
+                   help="own processes: also time each PyTorch peer at the setting of PyTorch's CPU tuning guide "
+                        "(intra-op threads = physical cores), in rows of its own compared in a column apart")
+    p.add_argument("--threads", type=int,
+                   help="PyTorch intra-op threads (default: own processes PyTorch's own default; --same-process the "
+                        "usable cores, as XLA uses)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5, help="timed calls per round")
-    p.add_argument("--repeats", type=int, default=1, help="alternating rounds over the cases of a group")
+    p.add_argument("--repeats", type=int,
+                   help="--same-process: alternating rounds over the cases of a group (default 1)")
     p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
-                   help="hold a group's cases together and alternate them (default: on CPU only; off, each case "
-                        "is freed before the next, for big models on one accelerator)")
+                   help="--same-process: hold a group's cases together and alternate them (default: on CPU only; "
+                        "off, each case is freed before the next, for big models on one accelerator)")
     p.add_argument("--image-size", type=int, default=224, help="ViT input size")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="model field override for vitsam (and ViT sizes for timm), e.g. --set remat=True")
@@ -66,19 +80,48 @@ def _overrides(items: Sequence[str], flag: str = "--set") -> dict:
     return out
 
 
+def _check_process_flags(args, own: bool) -> None:
+    """One-line ValueErrors for counts out of range and for options of the other process mode (`own`: each
+    contender in its own processes)."""
+    counts = (("--rounds", args.rounds, 1), ("--repeats", args.repeats, 1), ("--iters", args.iters, 1),
+              ("--warmup", args.warmup, 0), ("--threads", args.threads, 1))
+    for flag, value, least in counts:
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    if args.peer_tuned and not args.torch:
+        raise ValueError("--peer-tuned adds rows of the PyTorch peers at a tuned setting: add --torch")
+    if own and args.repeats is not None:
+        raise ValueError("--repeats counts rounds inside one process (--same-process); in own processes use --rounds")
+    if own and args.interleave is not None:
+        raise ValueError("--interleave applies to --same-process runs; in own processes each contender runs alone")
+    if not own and args.rounds is not None:
+        raise ValueError("--rounds counts own-process rounds (the default with --torch on CPU, else "
+                         "--no-same-process); in one process use --repeats")
+    if not own and args.peer_tuned:
+        raise ValueError("--peer-tuned needs each contender in its own process (the default with --torch on CPU, "
+                         "else --no-same-process)")
+
+
 def _command_line(args, models: Sequence[str]) -> str:
     """The `vitsam bench` command that reproduces this run (rebuilt from the parsed options)."""
     import shlex
 
     parts = ["vitsam", "bench", "--model", ",".join(models), "--batch", ",".join(map(str, args.batch)),
              "--dtype", ",".join(args.dtype), "--kernel", ",".join(args.kernel), "--mode", ",".join(args.mode),
-             "--warmup", str(args.warmup), "--iters", str(args.iters), "--repeats", str(args.repeats)]
+             "--warmup", str(args.warmup), "--iters", str(args.iters)]
+    for flag, value in (("--rounds", args.rounds), ("--repeats", args.repeats)):
+        if value is not None:
+            parts += [flag, str(value)]
     if any(m.startswith("vit:") for m in models):
         parts += ["--image-size", str(args.image_size)]
     if args.torch:
         parts.append("--torch")
     if args.torch_compile is not None:
         parts.append("--torch-compile" if args.torch_compile else "--no-torch-compile")
+    if args.same_process is not None:
+        parts.append("--same-process" if args.same_process else "--no-same-process")
+    if args.peer_tuned:
+        parts.append("--peer-tuned")
     if args.interleave is not None:
         parts.append("--interleave" if args.interleave else "--no-interleave")
     for flag, value in (("--threads", args.threads), ("--peak-tflops", args.peak_tflops), ("--out", args.out)):
@@ -93,7 +136,10 @@ def _command_line(args, models: Sequence[str]) -> str:
 
 def run_cli(args) -> int:
     """`vitsam bench`: run the sweep, print the table, write JSON + markdown when --out is given."""
+    import jax
+
     from vitsam.bench.harness import matmul_tflops
+    from vitsam.bench.processes import THREAD_ENV_VARS
     from vitsam.bench.report import environment, environment_markdown, markdown_table, phase_table, write_results
     from vitsam.bench.sweeps import parse_model, run_benchmarks
     from vitsam.bench.torch_peers import require_torch
@@ -109,12 +155,27 @@ def run_cli(args) -> int:
             check_options(**generator_options)
         except TypeError as e:
             raise ValueError(f"--amg: {e}") from None
-    if args.torch:
-        # JAX would otherwise take 75% of a GPU's memory at start and leave PyTorch short (read at JAX's
-        # backend start, which nothing before this line triggers).
+    if args.torch or args.same_process is False:
+        # JAX would otherwise take 75% of a GPU's memory at start and leave PyTorch (or the workers) short
+        # (read at JAX's backend start, which nothing before this line triggers).
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        require_torch(args.threads)
+    own = args.same_process is False or (args.same_process is None and args.torch and jax.default_backend() == "cpu")
+    _check_process_flags(args, own)
+    if own:
+        args.rounds = 3 if args.rounds is None else args.rounds
+    else:
+        args.repeats = 1 if args.repeats is None else args.repeats
+    if args.torch:
+        require_torch(args.threads, configure=not own)
     env = environment(_command_line(args, models))
+    env["processes"] = "own" if own else "same"
+    if own:
+        removed = [k for k in THREAD_ENV_VARS if k in os.environ]
+        env.update(rounds=args.rounds, threads=args.threads, thread_env_removed=removed)
+        if removed:
+            print(f"note: each contender runs in its own process at its defaults, without "
+                  f"{', '.join(f'{k}={os.environ[k]}' for k in removed)} (--same-process keeps the environment)",
+                  flush=True)
     matmul_ref = None
     if args.matmul_ref:
         matmul_ref = {dtype: matmul_tflops(dtype) for dtype in args.dtype}
@@ -125,7 +186,12 @@ def run_cli(args) -> int:
                              repeats=args.repeats, image_size=args.image_size, overrides=_overrides(args.set),
                              generator_options=generator_options,
                              peak=peak, matmul_tflops_ref=matmul_ref, interleave=args.interleave,
+                             own_process=own, rounds=args.rounds, threads=args.threads, peer_tuned=args.peer_tuned,
                              log=lambda line: print(line, flush=True))
+    peer_threads = [r["torch_threads"] for r in records
+                    if r.get("framework") == "torch" and r.get("setting") == "default" and "torch_threads" in r]
+    if own and peer_threads:
+        env["torch_threads"] = peer_threads[0]
     env["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     print()
     print(markdown_table(records))

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from vitsam.bench.devices import DTYPES, device_peak_bytes, mfu, peak_tflops
+from vitsam.bench.devices import DTYPES, cpu_info, device_peak_bytes, mfu, peak_tflops
 from vitsam.bench.flops import executable_bytes, xla_cost
 
 
@@ -91,10 +91,12 @@ def run_group(cases: Sequence[Case], *, warmup: int = 2, iters: int = 5, repeats
                   interleave=True, log=log)
         return [rec for case in cases for rec in run_group([case], **kw)]
     kind = jax.devices()[0].device_kind
+    cpu = cpu_info()
     records, runners = [], []
     for case in cases:
         rec = dict(case.record)
         rec.setdefault("device", kind)
+        rec.setdefault("cpu_info", cpu)
         records.append(rec)
         runners.append(None)
         if case.skip:
@@ -131,7 +133,7 @@ def run_group(cases: Sequence[Case], *, warmup: int = 2, iters: int = 5, repeats
         if runner is not None and runner.finish and "error" not in rec:
             rec.update(runner.finish())
         if rec.get("times_s") and "error" not in rec:
-            _finalize(rec, iters, peak, matmul_tflops_ref)
+            finalize_record(rec, iters, peak, matmul_tflops_ref)
             if runner.phases:
                 rec["phases_s"] = {name: statistics.median(t) for name, t in runner.phases.items() if t}
         if log:
@@ -143,11 +145,16 @@ def run_group(cases: Sequence[Case], *, warmup: int = 2, iters: int = 5, repeats
     return records
 
 
-def _finalize(rec: dict, iters: int, peak, matmul_ref) -> None:
+def finalize_record(rec: dict, iters: int, peak: float | None | str = "device",
+                    matmul_ref: dict[str, float] | None = None) -> None:
+    """Add the figures of `rec["times_s"]` (seconds, rounds of `iters` calls one after another) to `rec`:
+    `step_s` the median of all calls, `round_medians_s` each round's median, `round_spread_s` [min, max] of
+    those, `min_s`, throughput (`batch` / s), TFLOP/s, `peak_tflops` and MFU (`peak` as in `run_group`),
+    `frac_of_matmul` against `matmul_ref` (TFLOP/s by dtype)."""
     times = rec["times_s"]
     step = statistics.median(times)
     rounds = [statistics.median(times[i:i + iters]) for i in range(0, len(times), iters)]
-    rec.update(step_s=step, round_medians_s=rounds, min_s=min(times))
+    rec.update(step_s=step, round_medians_s=rounds, round_spread_s=[min(rounds), max(rounds)], min_s=min(times))
     rec["throughput_per_s"] = rec["batch"] / step
     flops = rec.get("flops")
     if flops:

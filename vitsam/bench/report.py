@@ -15,6 +15,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from vitsam.bench.devices import cpu_info, cpu_summary
+
 
 def _version(dist: str) -> str | None:
     from importlib import metadata
@@ -23,16 +25,6 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def _git(*args: str) -> str | None:
@@ -45,15 +37,17 @@ def _git(*args: str) -> str | None:
 
 
 def environment(command: str | None = None) -> dict:
-    """Where and how the figures were taken: device, versions, threads, load, XLA flags, the command."""
+    """Where and how the figures were taken: device, CPU (`cpu`: its model, `cpu_info`: `devices.cpu_info`),
+    versions, threads, load, XLA flags, the command."""
     dev = jax.devices()[0]
+    cpu = cpu_info()
     env = dict(
         time_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         command=command if command is not None else " ".join(sys.argv),
         git_commit=_git("rev-parse", "--short", "HEAD"),
         git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
         backend=jax.default_backend(), device_kind=dev.device_kind, device_count=jax.device_count(),
-        cpu=_cpu_model(), cpu_count=os.cpu_count(),
+        cpu=cpu["model"], cpu_info=cpu, cpu_count=os.cpu_count(),
         cpus_usable=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         python=platform.python_version(),
         versions={d: _version(d) for d in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "timm",
@@ -87,35 +81,39 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
 
 
 def markdown_table(records: Sequence[dict]) -> str:
-    """One table: a row per record; "vs torch" is the fastest PyTorch peer's step time over this row's in the
-    same group (model, mode, batch, dtype): above 1 this row is faster. Memory: for vitsam the compiled
-    step's footprint (XLA memory analysis), for a peer on CUDA its own peak allocation."""
-    fastest: dict[tuple, tuple[float, str]] = {}
+    """One table: a row per record. "step ms" is the median of all timed calls, "rounds ms" the lowest and
+    highest of the rounds' medians (the spread; "—" with one round). "vs torch" is the ratio of medians: the
+    fastest PyTorch peer's step time at its default setting over this row's, in the same group (model, mode,
+    batch, dtype); above 1 this row is faster. Peers at the tuned setting (`vitsam bench --peer-tuned`) are
+    kept out of it and compared apart, in a "vs torch tuned" column (only when there are any). Memory: for
+    vitsam the compiled step's footprint (XLA memory analysis), for a peer on CUDA its own peak allocation."""
+    fastest: dict[str, dict[tuple, tuple[float, str]]] = {"default": {}, "tuned": {}}
     for r in records:
         if r.get("framework") == "torch" and r.get("step_s"):
             key = (r["model"], r["mode"], r["batch"], r["dtype"])
-            if key not in fastest or r["step_s"] < fastest[key][0]:
-                fastest[key] = (r["step_s"], r["impl"])
-    head = ("| model | mode | batch | dtype | impl | compile s | step ms | items/s | TFLOP/s | MFU | memory MiB "
-            "| vs torch |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+            best = fastest["tuned" if r.get("setting") == "tuned" else "default"]
+            if key not in best or r["step_s"] < best[key][0]:
+                best[key] = (r["step_s"], r["impl"])
+    against = [fastest["default"]] + ([fastest["tuned"]] if fastest["tuned"] else [])
+    columns = ["model", "mode", "batch", "dtype", "impl", "compile s", "step ms", "rounds ms", "items/s", "TFLOP/s",
+               "MFU", "memory MiB", "vs torch"] + (["vs torch tuned"] if fastest["tuned"] else [])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in records:
         key = (r["model"], r["mode"], r["batch"], r["dtype"])
+        head = f"| {r['model']} | {r['mode']} | {r['batch']} | {r['dtype']} | {r['impl']}"
         if "step_s" not in r:
             note = r.get("error") or r.get("skipped") or "not run"
-            lines.append(f"| {r['model']} | {r['mode']} | {r['batch']} | {r['dtype']} | {r['impl']} | "
-                         f"{note.replace('|', '/')} |||||||")
+            lines.append(f"{head} | {note.replace('|', '/')} |" + "|" * (len(columns) - 6))
             continue
-        ratio = "—"
-        if key in fastest:
-            ratio = f"{fastest[key][0] / r['step_s']:.2f}× ({fastest[key][1]})"
+        ratios = [f"{best[key][0] / r['step_s']:.2f}× ({best[key][1]})" if key in best else "—" for best in against]
+        spread = r.get("round_spread_s")
+        rounds = f"{spread[0] * 1e3:.2f}–{spread[1] * 1e3:.2f}" if spread and len(r["round_medians_s"]) > 1 else "—"
         mem = r.get("executable_bytes") or r.get("device_peak_bytes")
         lines.append(
-            f"| {r['model']} | {r['mode']} | {r['batch']} | {r['dtype']} | {r['impl']}"
-            f" | {_fmt(r.get('compile_s'), '.1f')}"
-            f" | {_fmt(r['step_s'], '.2f', 1e3)} | {_fmt(r['throughput_per_s'], '.2f')} {r['unit']}"
+            f"{head} | {_fmt(r.get('compile_s'), '.1f')}"
+            f" | {_fmt(r['step_s'], '.2f', 1e3)} | {rounds} | {_fmt(r['throughput_per_s'], '.2f')} {r['unit']}"
             f" | {_fmt(r.get('tflops_per_s'), '.3f')} | {_fmt(r.get('mfu'), '.1%')} | {_fmt(mem, '.1f', 2 ** -20)}"
-            f" | {ratio} |")
+            f" | {' | '.join(ratios)} |")
     return "\n".join(lines)
 
 
@@ -135,14 +133,26 @@ def phase_table(records: Sequence[dict]) -> str:
 
 
 def environment_markdown(env: dict) -> str:
-    """A few lines naming the device, versions, threads, load and command under a results table."""
+    """A few lines naming the device and CPU, versions, processes and threads, load and command under a results
+    table."""
     v = {k: x for k, x in env.get("versions", {}).items() if x}
-    parts = [f"- device: {env.get('device_kind')} ({env.get('backend')}), CPU {env.get('cpu')}, "
-             f"{env.get('cpus_usable')} usable cores",
+    cpu = (cpu_summary(env["cpu_info"]) if env.get("cpu_info")
+           else f"{env.get('cpu')}, {env.get('cpus_usable')} usable cores")
+    flags = f"XLA_FLAGS={env.get('xla_flags') or '(none)'}"
+    if env.get("processes") == "own":
+        removed = ", ".join(env.get("thread_env_removed") or []) or "none was set"
+        torch = ""
+        if "torch_threads" in env:
+            torch = f", torch {env['torch_threads']}" + (" (--threads)" if env.get("threads") else " (its default)")
+        threads = (f"- processes: each contender in its own process, {env.get('rounds')} rounds alternating the "
+                   f"order, each a fresh process with its own warm-up; threads: XLA default{torch}; thread "
+                   f"settings removed from the workers' environment: {removed}; {flags}")
+    else:
+        threads = (f"- threads: XLA default (all usable cores), torch {env.get('torch_threads', '—')}; {flags}"
+                   + "".join(f", {k}={x}" for k, x in env.get("env_vars", {}).items()))
+    parts = [f"- device: {env.get('device_kind')} ({env.get('backend')}); CPU: {cpu}",
              "- versions: " + ", ".join(f"{k} {x}" for k, x in v.items()),
-             f"- threads: XLA default (all usable cores), torch {env.get('torch_threads', '—')}; "
-             f"XLA_FLAGS={env.get('xla_flags') or '(none)'}"
-             + "".join(f", {k}={x}" for k, x in env.get("env_vars", {}).items()),
+             threads,
              f"- load average (1, 5, 15 min) at start {env.get('loadavg')}, at end {env.get('loadavg_end')}",
              f"- command: `{env.get('command')}` at {env.get('time_utc')}, commit {env.get('git_commit')}"
              + (" with uncommitted changes" if env.get("git_dirty") else "")]
@@ -158,6 +168,7 @@ def write_results(path: str | Path, records: Sequence[dict], env: dict) -> tuple
     path.write_text(json.dumps({"environment": jsonable(env), "results": jsonable(list(records))}, indent=1) + "\n")
     md = path.with_suffix(".md")
     phases = phase_table(records)
-    md.write_text(f"# Benchmark: {path.stem}\n\n{markdown_table(records)}\n\n" + (f"{phases}\n\n" if phases else "")
-                  + f"{environment_markdown(env)}\n")
+    cpu = f"CPU: {cpu_summary(env['cpu_info'])}\n\n" if env.get("cpu_info") else ""
+    md.write_text(f"# Benchmark: {path.stem}\n\n{cpu}{markdown_table(records)}\n\n"
+                  + (f"{phases}\n\n" if phases else "") + f"{environment_markdown(env)}\n")
     return path, md

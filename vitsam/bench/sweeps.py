@@ -1,6 +1,7 @@
 """Sweeps: a model spec ("vit:B/16", "sam:vit_h:decoder", "sam:vit_b:amg") and a mode, batch and dtype make one
 group of cases (vitsam with each attention kernel, then the PyTorch peers); `run_benchmarks` times every
-combination."""
+combination, each group in one process (`harness.run_group`) or each contender in its own
+(`processes.run_group_in_processes`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import jax
 
 from vitsam.bench.cases import check, sam_amg_case, sam_decoder_case, sam_encoder_case, vit_case
 from vitsam.bench.harness import Case, run_group
+from vitsam.bench.processes import run_group_in_processes
 from vitsam.bench.torch_peers import (SharedSam, timm_vit_case, torch_sam_amg_case, torch_sam_decoder_case,
                                       torch_sam_encoder_case)
 from vitsam.models import registry
@@ -95,8 +97,14 @@ def run_benchmarks(models: Sequence[str], batches: Sequence[int] = (1,), dtypes:
                    image_size: int = 224, overrides: dict | None = None, generator_options: dict | None = None,
                    peak: float | None | str = "device",
                    matmul_tflops_ref: dict[str, float] | None = None, interleave: bool | None = None,
+                   own_process: bool = False, rounds: int = 3, threads: int | None = None, peer_tuned: bool = False,
                    log: Callable[[str], None] | None = print) -> list[dict]:
-    """Every combination, group by group (see `sweep_cases`); SAM models skip the train mode."""
+    """Every combination, group by group (see `sweep_cases`); SAM models skip the train mode.
+
+    In one process (`own_process` False) each group is timed by `harness.run_group` (`repeats` alternating
+    rounds, `interleave`). With `own_process`, by `processes.run_group_in_processes`: each contender in its own
+    fresh process per round, `rounds` rounds alternating the order, PyTorch at its default threads unless
+    `threads`, and with `peer_tuned` each peer also at the tuned setting (`repeats` and `interleave` unused)."""
     for spec in models:
         if parse_model(spec)[2] == "amg" and (list(batches) != [1] or list(dtypes) != ["float32"]):
             raise ValueError(f"{spec}: the automatic mask generator runs on one image in float32 (--batch 1 "
@@ -114,9 +122,15 @@ def run_benchmarks(models: Sequence[str], batches: Sequence[int] = (1,), dtypes:
                 continue
             for batch in batches:
                 for dtype in dtypes:
-                    cases = sweep_cases(spec, mode, batch, dtype, kernels, torch=torch, torch_compile=torch_compile,
-                                        image_size=image_size, overrides=overrides,
-                                        generator_options=generator_options)
-                    records += run_group(cases, warmup=warmup, iters=iters, repeats=repeats, peak=peak,
-                                         matmul_tflops_ref=matmul_tflops_ref, interleave=interleave, log=log)
+                    group = dict(spec=spec, mode=mode, batch=batch, dtype=dtype, kernels=list(kernels), torch=torch,
+                                 torch_compile=torch_compile, image_size=image_size, overrides=overrides or {},
+                                 generator_options=generator_options or {})
+                    cases = sweep_cases(**group)
+                    if own_process:
+                        records += run_group_in_processes(
+                            group, cases, warmup=warmup, iters=iters, rounds=rounds, threads=threads,
+                            peer_tuned=peer_tuned, peak=peak, matmul_tflops_ref=matmul_tflops_ref, log=log)
+                    else:
+                        records += run_group(cases, warmup=warmup, iters=iters, repeats=repeats, peak=peak,
+                                             matmul_tflops_ref=matmul_tflops_ref, interleave=interleave, log=log)
     return records

@@ -28,11 +28,16 @@ def torch_available() -> bool:
     return True
 
 
-def require_torch(threads: int | None = None) -> None:
+def require_torch(threads: int | None = None, *, configure: bool = True) -> None:
     """`vitsam bench --torch`: a ValueError naming the extra when the peers cannot run, else PyTorch set to
-    `threads` intra-op threads (default: the usable cores, as XLA uses)."""
-    if not torch_available():
+    `threads` intra-op threads (default: the usable cores, as XLA uses). `configure=False` only checks that
+    PyTorch is installed, without importing it (each peer in its own process keeps its own defaults)."""
+    import importlib.util
+
+    if not (torch_available() if configure else importlib.util.find_spec("torch") is not None):
         raise ValueError("--torch needs PyTorch and the peers: pip install -e '.[parity]'")
+    if not configure:
+        return
     import torch
 
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
