@@ -88,6 +88,7 @@ def get_config():
     c.eval.prompts = ("mask", "click")   # first-frame mask (semi-supervised VOS) and one click on frame 0
 
     c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"         # or "muon" (train/optim.py)
     c.optim.lr = 2e-3
     c.optim.end_lr = 1e-5
     c.optim.warmup_steps = 50

@@ -92,6 +92,7 @@ def get_config():
     c.eval.clicks = 5           # report mIoU after 2 … this many clicks too
 
     c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"         # or "muon" (train/optim.py)
     c.optim.lr = 3e-3
     c.optim.end_lr = 1e-5
     c.optim.warmup_steps = 50

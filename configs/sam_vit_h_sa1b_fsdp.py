@@ -89,6 +89,7 @@ def get_config():
     c.eval = ml_collections.ConfigDict(dict(clicks=5))
 
     c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"         # or "muon" (train/optim.py)
     c.optim.lr = 1e-5
     c.optim.end_lr = 1e-7
     c.optim.warmup_steps = 250

@@ -55,6 +55,7 @@ def get_config():
     c.model.attention_impl = "auto"
 
     c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"         # or "muon" (train/optim.py)
     c.optim.lr = 1e-4
     c.optim.end_lr = 0.0
     c.optim.warmup_steps = 500

@@ -64,6 +64,7 @@ def get_config():
     c.model.attention_impl = "auto"
 
     c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"         # or "muon" (train/optim.py)
     c.optim.lr = 1e-3
     c.optim.end_lr = 1e-5
     c.optim.warmup_steps = 10_000

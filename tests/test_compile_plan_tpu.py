@@ -46,7 +46,8 @@ def sharded_bytes(shapes, n, min_size):
 def test_small_vit_plan_for_tpu_v5e_2x2(tmp_path):
     args = ["--config.model.width=64", "--config.model.depth=2", "--config.model.mlp_dim=128",
             "--config.model.num_heads=2", "--config.data.image_size=32", "--config.batch_size=32",
-            "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.sharding_min_size=4096"]
+            "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.sharding_min_size=4096",
+            "--config.optim.name=adamw"]   # the bounds below are AdamW's (two moments, no Newton-Schulz)
     out = plan("vit", tmp_path, args)
     assert out["mesh"] == {"data": 1, "fsdp": 4} and out["per_device_batch"] == 8
     from vitsam import bench

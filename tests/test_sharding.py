@@ -115,6 +115,25 @@ def test_optimizer_state_follows_its_parameter_with_frozen_parts():
             assert spec == "REPLICATED", key                  # step counts
 
 
+def test_muon_state_follows_its_parameter():
+    """Muon's momentum of a weight matrix and AdamW's moments of a bias take their parameter's sharding."""
+    mesh = FakeMesh(data=1, fsdp=4)
+    params = {"dense": {"kernel": jnp.zeros((16, 8)), "bias": jnp.zeros((8,))}}
+    cfg = ml_collections.ConfigDict(dict(name="muon", lr=1e-3, end_lr=0.0, warmup_steps=1, weight_decay=0.1,
+                                         b1=0.9, b2=0.99, clip_norm=1.0))
+    tx, _ = make_optimizer(cfg, 10)
+    opt = jax.eval_shape(tx.init, params)
+    specs = sharding.param_specs(params, ((".*", "fsdp"),), mesh, min_size=1)
+    flat = {jax.tree_util.keystr(p): (x.shape, s) for (p, x), s in zip(
+        jax.tree_util.tree_flatten_with_path(opt)[0], jax.tree.leaves(sharding.follow_params(opt, params, specs,
+                                                                                           "REPLICATED")))}
+    kernel = [k for k, (shape, _) in flat.items() if shape == (16, 8)]
+    bias = [k for k, (shape, _) in flat.items() if shape == (8,)]
+    assert len(kernel) == 1 and len(bias) == 2, flat           # Muon: one momentum; AdamW: mu and nu
+    assert specs["dense"]["kernel"] != P() and flat[kernel[0]][1] == specs["dense"]["kernel"]
+    assert all(flat[k][1] == specs["dense"]["bias"] == P("fsdp") for k in bias)
+
+
 LIVE_SCRIPT = r"""
 import json, re, sys
 import jax, numpy as np
@@ -135,6 +154,7 @@ for kind in [{kind!r}]:
     cfg.sharding_rules = {rules!r}
     cfg.sharding_min_size = {min_size}
     cfg.batch_size = 8
+    cfg.optim.name = "adamw"   # the test reads Adam's two moments of every parameter
     if kind == "vit":
         cfg.data.image_size = 224
         task = vit.classification_task(cfg, vit_variant("B/16", num_classes=1000), None, None)
@@ -241,7 +261,8 @@ def test_compile_only_plan_for_eight_cpu_devices(tmp_path):
     args = ["--config.model.width=64", "--config.model.depth=2", "--config.model.mlp_dim=128",
             "--config.model.num_heads=2", "--config.data.image_size=32", "--config.batch_size=16",
             "--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.sharding_min_size=4096",
-            f"--config.data.data_dir={tmp_path / 'no_data_here'}"]
+            f"--config.data.data_dir={tmp_path / 'no_data_here'}",
+            "--config.optim.name=adamw"]   # the bounds below are AdamW's (two moments, no Newton-Schulz)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-m", "train.vit", f"--workdir={tmp_path / 'w'}", "--compile_for=cpu:8",
                              *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)

@@ -17,7 +17,7 @@ import pytest
 
 import train_fixtures as fx
 from train import loop
-from train.optim import decay_mask, learning_rate_schedule
+from train.optim import decay_mask, learning_rate_schedule, make_optimizer, muon_dimensions
 
 FIXTURE = str(Path(fx.__file__).resolve())
 
@@ -255,6 +255,8 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_saved_again(tmp_path, caps
     ("optim.lr", -1e-3, "optim.lr must not be negative"),
     ("optim.lr", 0.0, "optim.lr must be positive"),
     ("optim.warmup_steps", -1, "optim.warmup_steps must not be negative"),
+    ("optim.name", "sgd", "optim.name must be one of ('adamw', 'muon'), got 'sgd'"),
+    ("optim.muon_exclude", "head/(", "optim.muon_exclude is not a regular expression"),
 ])
 def test_nonsense_loop_values_are_refused_before_anything_is_written(tmp_path, field, value, message):
     cfg = fx.config()
@@ -394,3 +396,76 @@ def test_schedule_warms_up_linearly_then_decays_by_a_cosine():
     assert float(s(0)) == 0.0 and float(s(5)) == pytest.approx(0.5) and float(s(10)) == pytest.approx(1.0)
     assert float(s(60)) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.5)), abs=1e-6)
     assert float(s(110)) == pytest.approx(0.0, abs=1e-7)
+
+
+def _tiny_vit_params():
+    model = fx.vit_variant("Ti/16", num_classes=3, image_size=16, patch_size=4, width=16, depth=1, mlp_dim=32,
+                           num_heads=2)
+    return model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+
+
+def test_muon_treats_each_kernel_as_the_matrix_of_its_map():
+    flat = {"/".join(k.key for k in path): d for path, d in jax.tree_util.tree_flatten_with_path(
+        muon_dimensions(_tiny_vit_params()), is_leaf=lambda x: x is None or hasattr(x, "reduction_axis"))[0]}
+    block = "Transformer/encoderblock_0/"
+    attn = block + "MultiHeadDotProductAttention_0/"
+    as_tuples = {k: d and (np.atleast_1d(d.reduction_axis).tolist(), np.atleast_1d(d.output_axis).tolist())
+                 for k, d in flat.items()}
+    for name in ("query", "key", "value"):                      # (D, H, hd): D in, H·hd out
+        assert as_tuples[attn + name + "/kernel"] == ([0], [1, 2])
+    assert as_tuples[attn + "out/kernel"] == ([0, 1], [2])      # (H, hd, D)
+    assert as_tuples[block + "MlpBlock_0/Dense_0/kernel"] == ([0], [1])
+    for name in ("embedding/kernel", "head/kernel", "pos_embedding", attn + "query/bias",
+                 block + "LayerNorm_0/scale"):
+        assert flat[name] is None, name
+    conv = muon_dimensions({"neck": {"kernel": jnp.zeros((3, 3, 8, 4))}})["neck"]["kernel"]
+    assert (tuple(conv.reduction_axis), conv.output_axis) == ((0, 1, 2), 3)   # (kh·kw·in) × out
+
+
+def test_muon_orthogonalizes_the_attention_kernel_as_one_matrix():
+    """The first Muon update of a (D, H, hd) query kernel, read as a D × (H·hd) matrix, has the gradient's
+    singular vectors with singular values near 1 (Newton-Schulz), scaled to an RMS of 0.2 · lr; the parameters
+    outside the matrices get the first step of AdamW with Nesterov momentum (as optax's Muon runs it):
+    lr · (1 + b1 / (1 + b1)) · sign(g)."""
+    params = _tiny_vit_params()
+    cfg = fx.config().optim
+    cfg.name, cfg.lr, cfg.warmup_steps, cfg.weight_decay, cfg.clip_norm = "muon", 0.1, 0, 0.0, 0.0
+    tx, _ = make_optimizer(cfg, 100)
+    grads = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(p.size), p.shape), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    attn = ("Transformer", "encoderblock_0", "MultiHeadDotProductAttention_0", "query", "kernel")
+    g, u = grads, updates
+    for key in attn:
+        g, u = g[key], u[key]
+    d = g.shape[0]
+    g2, u2 = np.asarray(g).reshape(d, -1), -np.asarray(u).reshape(d, -1) / cfg.lr
+    left, sv, right = np.linalg.svd(g2, full_matrices=False)
+    inner = left.T @ u2 @ right.T                           # diagonal iff u2 shares g2's singular vectors
+    off = inner - np.diag(np.diag(inner))
+    assert np.abs(off).max() < 1e-3 * np.abs(np.diag(inner)).max()
+    ortho = np.diag(inner) / (0.2 * np.sqrt(max(g2.shape)))  # undo the RMS scaling
+    assert np.all((ortho > 0.6) & (ortho < 1.25)), ortho      # Newton-Schulz's band around 1
+    assert np.sqrt(np.mean(u2 ** 2)) == pytest.approx(0.2, rel=0.25)
+    # a per-head (vmapped) orthogonalization would not share the full matrix's singular vectors:
+    per_head = np.concatenate([np.linalg.svd(h, full_matrices=False)[0] @ np.linalg.svd(h, full_matrices=False)[2]
+                               for h in np.moveaxis(np.asarray(g), 1, 0)], axis=1)
+    assert np.abs(left.T @ per_head @ right.T - np.diag(np.diag(left.T @ per_head @ right.T))).max() > 1e-2
+    bias_g, bias_u = grads["head"]["bias"], updates["head"]["bias"]
+    np.testing.assert_allclose(bias_u, -cfg.lr * (1 + cfg.b1 / (1 + cfg.b1)) * np.sign(bias_g), rtol=1e-4)
+
+
+def test_a_muon_run_resumes_exactly(tmp_path):
+    import shutil
+
+    cfg = fx.config(total_steps=6, checkpoint_every=3)
+    cfg.optim.name = "muon"
+    loop.run(cfg, tmp_path / "ref", fx.task())
+    shutil.copytree(tmp_path / "ref", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "6")       # as if the run had died after step 3's save
+    messages = []
+    loop.run(cfg, tmp_path / "cut", fx.task(), status=messages.append)
+    assert any("resumed from step 3" in m for m in messages), messages
+    ref, cut = read(tmp_path / "ref"), read(tmp_path / "cut")
+    assert [r["step"] for r in cut] == list(range(1, 7))
+    np.testing.assert_array_equal([r["loss"] for r in cut], [r["loss"] for r in ref])
+    assert len({r["loss"] for r in ref[2:]}) == 4               # it trains (steps 1-2: the zero head's log 4)

@@ -1,8 +1,10 @@
-"""The optimizer from config: AdamW with warmup + cosine decay, gradient clipping, selective weight decay;
-optionally frozen parameters and per-parameter learning-rate multipliers (layer-wise lr decay)."""
+"""The optimizer from config: AdamW (or Muon for the weight matrices) with warmup + cosine decay, gradient
+clipping, selective weight decay; optionally frozen parameters and per-parameter learning-rate multipliers
+(layer-wise lr decay)."""
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import jax
@@ -30,6 +32,34 @@ def decay_mask(params):
         lambda path, leaf: getattr(path[-1], "key", None) == "kernel" and leaf.ndim >= 2, params)
 
 
+OPTIMIZERS = ("adamw", "muon")
+MUON_EXCLUDE = r"(^|/)(embedding|patch_embed|head)/"   # the input embedding and the classifier head stay on AdamW
+
+
+def muon_dimensions(params, exclude: str = MUON_EXCLUDE):
+    """Which kernels Muon orthogonalizes, and as what matrix: a tree of `MuonDimensionNumbers` (None: AdamW).
+
+    Every `kernel` of 2 or more axes whose path ("a/b/kernel") does not match `exclude`: dense (in, out);
+    attention query / key / value (D, H, hd) as a D × (H·hd) matrix and its output (H, hd, D) as (H·hd) × D;
+    convolutions (kh, kw, in, out) as (kh·kw·in) × out. Biases, norms, position tables and tokens stay on AdamW.
+    """
+    from optax.contrib import MuonDimensionNumbers as Dims
+
+    skip = re.compile(exclude) if exclude else None
+
+    def dims(path, leaf):
+        names = param_path(path)
+        if names[-1] != "kernel" or leaf.ndim < 2 or (skip and skip.search("/".join(names))):
+            return None
+        if leaf.ndim == 3 and names[-2] in ("query", "key", "value"):
+            return Dims(reduction_axis=0, output_axis=(1, 2))
+        if leaf.ndim == 3 and names[-2] == "out":
+            return Dims(reduction_axis=(0, 1), output_axis=2)
+        return Dims(reduction_axis=tuple(range(leaf.ndim - 1)), output_axis=leaf.ndim - 1)
+
+    return jax.tree_util.tree_map_with_path(dims, params)
+
+
 def param_path(path) -> tuple[str, ...]:
     """A pytree key path (from `jax.tree_util.tree_map_with_path`) as a tuple of names."""
     return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
@@ -49,7 +79,14 @@ def scale_by_path(scale: Callable[[tuple[str, ...]], float]) -> optax.GradientTr
 def make_optimizer(cfg, total_steps: int, *, trainable: Callable[[tuple[str, ...]], bool] | None = None,
                    lr_scale: Callable[[tuple[str, ...]], float] | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(optimizer, schedule) from an `optim` config: lr, end_lr, warmup_steps, weight_decay, b1, b2, clip_norm.
+    """(optimizer, schedule) from an `optim` config: name, lr, end_lr, warmup_steps, weight_decay, b1, b2,
+    clip_norm.
+
+    name "adamw" (the default when absent): AdamW on every parameter. "muon": `optax.contrib.muon` on the
+    weight matrices `muon_dimensions` picks (Nesterov momentum 0.95, 5 Newton-Schulz steps, the update scaled to
+    an RMS of 0.2 as AdamW's, so that `lr` and `weight_decay` keep their AdamW meaning) and AdamW (b1, b2) with
+    the same schedule and decay on the rest; `optim.muon_exclude` (a regex on "a/b/kernel" paths) overrides
+    which kernels stay on AdamW.
 
     trainable(path) -> bool: parameters for which it is False get a zero update and no optimizer state
     (`optax.multi_transform` with `optax.set_to_zero`). lr_scale(path) -> float multiplies the update of each
@@ -59,7 +96,17 @@ def make_optimizer(cfg, total_steps: int, *, trainable: Callable[[tuple[str, ...
     chain = []
     if cfg.clip_norm:
         chain.append(optax.clip_by_global_norm(cfg.clip_norm))
-    chain.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask))
+    name = cfg.get("name", "adamw")
+    if name == "muon":
+        exclude = cfg.get("muon_exclude", MUON_EXCLUDE)
+        chain.append(optax.contrib.muon(
+            schedule, weight_decay=cfg.weight_decay, weight_decay_mask=decay_mask, adam_b1=cfg.b1, adam_b2=cfg.b2,
+            adam_weight_decay=cfg.weight_decay, consistent_rms=0.2,
+            muon_weight_dimension_numbers=lambda params: muon_dimensions(params, exclude)))
+    elif name == "adamw":
+        chain.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask))
+    else:
+        raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {name!r}")
     if lr_scale is not None:
         chain.append(scale_by_path(lr_scale))
     tx = optax.chain(*chain)
