@@ -3,7 +3,7 @@ procedural shapes dataset (6 classes, 64 px), offline, trained with Muon: the de
 
 Run:      python -m train.vit --workdir /tmp/vit_shapes
 Hardware: a 2-core CPU, no accelerator.
-Time:     2 min 59 s for the whole command, 2,000 steps at ~1,500 images/s (2026-12-04, jax 0.10.2, a 2-core
+Time:     2 min 59 s for the whole command, 2,000 steps at ~1,530 images/s (2026-12-04, jax 0.10.2, a 2-core
           AMD EPYC of x86 family 26 (Zen 5, AVX-512), the CPU otherwise idle, the dataset already prepared:
           preparing it the first time takes ~25 s more). On the slower 2-core class (family 25, Zen 3, AVX2 only)
           the previous recipe's steps took 2.06x as long, so about 6 min 10 s there (estimated, not measured).
@@ -65,6 +65,7 @@ def get_config():
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "muon"          # Muon on the weight matrices, AdamW on the rest (train/optim.py)
+    c.optim.muon_exclude = ml_collections.config_dict.placeholder(str)   # None: embedding and head on AdamW
     c.optim.lr = 4e-3
     c.optim.end_lr = 1e-5
     c.optim.warmup_steps = 100

@@ -418,6 +418,10 @@ def test_muon_treats_each_kernel_as_the_matrix_of_its_map():
     for name in ("embedding/kernel", "head/kernel", "pos_embedding", attn + "query/bias",
                  block + "LayerNorm_0/scale"):
         assert flat[name] is None, name
+    none_left = muon_dimensions(_tiny_vit_params(), exclude="")            # "": every kernel on Muon
+    assert none_left["embedding"]["kernel"].output_axis == 3 and none_left["head"]["kernel"] is not None
+    no_mlp = muon_dimensions(_tiny_vit_params(), exclude="MlpBlock")
+    assert no_mlp["Transformer"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"] is None
     conv = muon_dimensions({"neck": {"kernel": jnp.zeros((3, 3, 8, 4))}})["neck"]["kernel"]
     assert (tuple(conv.reduction_axis), conv.output_axis) == ((0, 1, 2), 3)   # (kh·kw·in) × out
 

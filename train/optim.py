@@ -84,9 +84,10 @@ def make_optimizer(cfg, total_steps: int, *, trainable: Callable[[tuple[str, ...
 
     name "adamw" (the default when absent): AdamW on every parameter. "muon": `optax.contrib.muon` on the
     weight matrices `muon_dimensions` picks (Nesterov momentum 0.95, 5 Newton-Schulz steps, the update scaled to
-    an RMS of 0.2 as AdamW's, so that `lr` and `weight_decay` keep their AdamW meaning) and AdamW (b1, b2) with
-    the same schedule and decay on the rest; `optim.muon_exclude` (a regex on "a/b/kernel" paths) overrides
-    which kernels stay on AdamW.
+    an RMS of 0.2 as AdamW's, so that `lr` and `weight_decay` keep their AdamW meaning) and, on the rest, AdamW
+    (b1, b2) as optax's Muon runs it: with Nesterov momentum, the same schedule, and the decay on every parameter
+    of that side (biases and norms too). `optim.muon_exclude` (a regex searched in "a/b/kernel" paths; None: the
+    input embedding and the classifier head, "": none) says which kernels stay on AdamW.
 
     trainable(path) -> bool: parameters for which it is False get a zero update and no optimizer state
     (`optax.multi_transform` with `optax.set_to_zero`). lr_scale(path) -> float multiplies the update of each
@@ -98,7 +99,8 @@ def make_optimizer(cfg, total_steps: int, *, trainable: Callable[[tuple[str, ...
         chain.append(optax.clip_by_global_norm(cfg.clip_norm))
     name = cfg.get("name", "adamw")
     if name == "muon":
-        exclude = cfg.get("muon_exclude", MUON_EXCLUDE)
+        exclude = cfg.get("muon_exclude")
+        exclude = MUON_EXCLUDE if exclude is None else exclude
         chain.append(optax.contrib.muon(
             schedule, weight_decay=cfg.weight_decay, weight_decay_mask=decay_mask, adam_b1=cfg.b1, adam_b2=cfg.b2,
             adam_weight_decay=cfg.weight_decay, consistent_rms=0.2,
