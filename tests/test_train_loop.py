@@ -405,8 +405,9 @@ def _tiny_vit_params():
 
 
 def test_muon_treats_each_kernel_as_the_matrix_of_its_map():
+    params = _tiny_vit_params()
     flat = {"/".join(k.key for k in path): d for path, d in jax.tree_util.tree_flatten_with_path(
-        muon_dimensions(_tiny_vit_params()), is_leaf=lambda x: x is None or hasattr(x, "reduction_axis"))[0]}
+        muon_dimensions(params), is_leaf=lambda x: x is None or hasattr(x, "reduction_axis"))[0]}
     block = "Transformer/encoderblock_0/"
     attn = block + "MultiHeadDotProductAttention_0/"
     as_tuples = {k: d and (np.atleast_1d(d.reduction_axis).tolist(), np.atleast_1d(d.output_axis).tolist())
@@ -418,9 +419,9 @@ def test_muon_treats_each_kernel_as_the_matrix_of_its_map():
     for name in ("embedding/kernel", "head/kernel", "pos_embedding", attn + "query/bias",
                  block + "LayerNorm_0/scale"):
         assert flat[name] is None, name
-    none_left = muon_dimensions(_tiny_vit_params(), exclude="")            # "": every kernel on Muon
+    none_left = muon_dimensions(params, exclude="")            # "": every kernel on Muon
     assert none_left["embedding"]["kernel"].output_axis == 3 and none_left["head"]["kernel"] is not None
-    no_mlp = muon_dimensions(_tiny_vit_params(), exclude="MlpBlock")
+    no_mlp = muon_dimensions(params, exclude="MlpBlock")
     assert no_mlp["Transformer"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"] is None
     conv = muon_dimensions({"neck": {"kernel": jnp.zeros((3, 3, 8, 4))}})["neck"]["kernel"]
     assert (tuple(conv.reduction_axis), conv.output_axis) == ((0, 1, 2), 3)   # (kh·kw·in) × out

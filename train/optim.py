@@ -36,6 +36,21 @@ OPTIMIZERS = ("adamw", "muon")
 MUON_EXCLUDE = r"(^|/)(embedding|patch_embed|head)/"   # the input embedding and the classifier head stay on AdamW
 
 
+def optimizer_choice(cfg) -> tuple[str, str]:
+    """(name, Muon's exclusion regex) of an `optim` config, checked: a one-line ValueError for an unknown name
+    or a `muon_exclude` that is not a regular expression."""
+    name = cfg.get("name", "adamw")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {name!r}")
+    exclude = cfg.get("muon_exclude")
+    exclude = MUON_EXCLUDE if exclude is None else exclude
+    try:
+        re.compile(exclude)
+    except re.error as e:
+        raise ValueError(f"optim.muon_exclude is not a regular expression ({e}): {exclude!r}") from None
+    return name, exclude
+
+
 def muon_dimensions(params, exclude: str = MUON_EXCLUDE):
     """Which kernels Muon orthogonalizes, and as what matrix: a tree of `MuonDimensionNumbers` (None: AdamW).
 
@@ -97,18 +112,14 @@ def make_optimizer(cfg, total_steps: int, *, trainable: Callable[[tuple[str, ...
     chain = []
     if cfg.clip_norm:
         chain.append(optax.clip_by_global_norm(cfg.clip_norm))
-    name = cfg.get("name", "adamw")
+    name, exclude = optimizer_choice(cfg)
     if name == "muon":
-        exclude = cfg.get("muon_exclude")
-        exclude = MUON_EXCLUDE if exclude is None else exclude
         chain.append(optax.contrib.muon(
             schedule, weight_decay=cfg.weight_decay, weight_decay_mask=decay_mask, adam_b1=cfg.b1, adam_b2=cfg.b2,
             adam_weight_decay=cfg.weight_decay, consistent_rms=0.2,
             muon_weight_dimension_numbers=lambda params: muon_dimensions(params, exclude)))
-    elif name == "adamw":
-        chain.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask))
     else:
-        raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {name!r}")
+        chain.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask))
     if lr_scale is not None:
         chain.append(scale_by_path(lr_scale))
     tx = optax.chain(*chain)

@@ -6,7 +6,6 @@ and a compile-only plan (`train.plan`) share it.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Callable, Iterable, Iterator
 
 import flax
@@ -14,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from train.optim import OPTIMIZERS, make_optimizer
+from train.optim import make_optimizer, optimizer_choice
 from vitsam import parallel, sharding
 from vitsam.bench import DTYPES
 
@@ -123,13 +122,7 @@ def check_config(cfg) -> None:
             why = " (0 would delete every checkpoint, the final one too)" if name == "keep_checkpoints" else ""
             raise ValueError(f"{name} must be at least 1, got {cfg[name]}{why}")
     o = cfg.optim
-    if o.get("name", "adamw") not in OPTIMIZERS:
-        raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {o.name!r}")
-    if o.get("muon_exclude"):
-        try:
-            re.compile(o.muon_exclude)
-        except re.error as e:
-            raise ValueError(f"optim.muon_exclude is not a regular expression ({e}): {o.muon_exclude!r}") from None
+    optimizer_choice(o)
     for name in ("lr", "end_lr", "warmup_steps", "weight_decay", "clip_norm"):
         if name in o and o[name] is not None and float(o[name]) < 0:
             raise ValueError(f"optim.{name} must not be negative, got {o[name]}")
