@@ -9,9 +9,9 @@ Time:     ~1.5 s a step (4 clips of 8 frames, up to 3 objects each), compile ~10
 Result:   J, F and J&F on the 100 test clips (12 frames, every object visible on frame 0), prompted with the
           first-frame mask and with one click on frame 0, after 700 steps (2026-12-05, a 2-core AMD EPYC of x86
           family 26, two runs at a time, 30 min 35 s each): with Muon (this recipe) J&F 0.350 (mask) and 0.318
-          (click); with `--config.optim.name=adamw` on the same code 0.124 for both. At 64 px, lr 1e-3,
-          1,200 steps with AdamW: 0.182. Not yet the goal of 0.75: the model does not learn to use its memory
-          bank (README "Train or fine-tune SAM 2 on video" says what was measured).
+          (click); with `--config.optim.name=adamw` on the same code 0.124 for both. Copying the
+          first-frame mask to every frame gives 0.258. Not yet the goal of 0.75: the memory does not carry the
+          tracked object's identity (docs/experiments.md, "SAM 2 on video shapes", has the measurements).
 """
 
 import ml_collections
