@@ -22,8 +22,9 @@ SAM 2 paper trains (`train.sam2_task`):
      prediction is encoded into the bank, gradients flowing through the memories; with probability
      `sim.correct_frame_prob` one random frame of the point-prompted tracks gets correction clicks and becomes a
      conditioning frame;
-  4. every prediction step of every frame is trained: focal · 20 + dice + IoU-MSE on the mask (at the input
-     resolution, where the object is present) and the object-score cross-entropy (present or not).
+  4. every prediction step of every frame is trained: focal · 20 + dice (· 1 in the paper, `loss.dice_weight`)
+     + IoU-MSE on the mask (at the input resolution, where the object is present) and the object-score
+     cross-entropy (present or not).
 Eval: J (region IoU), F (boundary F-measure, `vitsam.video_metrics`) and J&F per object, over the frames between
 the prompted first frame and the last (as the DAVIS evaluation), with the first-frame mask and with one click.
 """
