@@ -12,7 +12,7 @@ Result:   J, F and J&F on the 100 test clips (12 frames, every object visible on
           family 26; the same alone and two at a time): J&F 0.478 (mask) and 0.477 (click). With the
           paper's focal:dice 20:1 (`--config.loss.dice_weight=1`) 0.350 / 0.318; with that and
           `--config.optim.name=adamw` 0.124. Copying the first-frame mask to every frame gives 0.258. Not yet the
-          goal of 0.75: mask and click give the same figure because the tracked masks do not depend on the
+          goal of 0.75: mask and click give the same figure because the tracked masks hardly depend on the
           prompt; the memory does not carry the tracked object's identity (docs/experiments.md, "SAM 2 on video
           shapes", has the measurements).
 """
@@ -85,7 +85,7 @@ def get_config():
     c.loss = ml_collections.ConfigDict()
     c.loss.focal_weight = 20.0
     # The paper weighs focal:dice 20:1; from scratch on these clips dice at 20 learns the masks faster (J&F 0.478
-    # against 0.350 at 700 steps, above): focal alone falls into empty masks early.
+    # against 0.350 at 700 steps, above; docs/experiments.md).
     c.loss.dice_weight = 20.0
     c.loss.iou_weight = 1.0
     c.loss.object_weight = 1.0
