@@ -24,9 +24,9 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.batch_size = 4            # clips per step (global); each brings up to data.max_objects object tracks
-    c.total_steps = 700
+    c.total_steps = 900
     c.log_every = 25
-    c.eval_every = 350
+    c.eval_every = 450
     c.checkpoint_every = 250
     c.keep_checkpoints = 3
     c.init_from = ""            # fine-tune from a SAM 2 checkpoint: an official sam2.1_*.pt, a `vitsam convert`
@@ -67,6 +67,9 @@ def get_config():
     c.model.global_att_blocks = ml_collections.config_dict.placeholder(tuple)
     c.model.window_spec = ml_collections.config_dict.placeholder(tuple)
     c.model.image_size = 128    # the tiny SAM 2 at 128 px: an 8 x 8 memory grid, 32 x 32 low-res masks
+    # Two memory-attention layers (the tiny variant has one, hiera_t four): with one, the static stage below does
+    # not teach the memory to carry the prompted object (docs/experiments.md).
+    c.model.memory_attention_layers = 2
     # Tracked frames take mask 0, not the best of masks 1-3, when training from scratch (None: False from scratch,
     # the checkpoint's own value with init_from, True in SAM 2.1). With at most 3 objects a clip, the three
     # multimask outputs can each learn one object, and the lowest-loss choice then always finds the right one
@@ -81,6 +84,11 @@ def get_config():
     c.sim.box_max_noise = 20.0
     c.sim.correction_clicks = 1  # clicks after the first prompt, on frame 0 and on a corrected frame (paper: 7)
     c.sim.correct_frame_prob = 0.5  # one more random frame gets clicks and becomes a conditioning frame
+    # The static stage: the first steps train on still clips (a clip's first frame and a copy of it, every track
+    # prompted with its mask). Trained from scratch on moving clips alone, the tiny model segments every object
+    # of a clip whatever the prompt; after a still stage its memory carries which object was prompted. Set 0
+    # when fine-tuning a trained SAM 2.
+    c.sim.static_steps = 400
 
     c.loss = ml_collections.ConfigDict()
     c.loss.focal_weight = 20.0

@@ -21,7 +21,8 @@ from train.sam2_task import Sam2Task, _tight_boxes  # noqa: E402
 
 SMALL_CFG = {"data.name": "vitsam_shapes_video/small", "data.image_size": 64, "model.image_size": 64,
              "data.num_frames": 3, "data.eval_num_frames": 4, "data.max_objects": 2, "batch_size": 2,
-             "sim.correction_clicks": 1, "sim.correct_frame_prob": 1.0, "log_every": 1, "optim.warmup_steps": 1}
+             "sim.correction_clicks": 1, "sim.correct_frame_prob": 1.0, "log_every": 1, "optim.warmup_steps": 1,
+             "sim.static_steps": 1}
 
 
 def recipe(**changes):
@@ -76,6 +77,38 @@ def test_tight_boxes_are_the_mask_boxes():
     boxes = np.asarray(_tight_boxes(jnp.asarray(masks)))
     for mask, box in zip(masks, boxes):
         assert np.array_equal(box, mask_to_box(mask) if mask.any() else np.zeros(4))
+
+
+def test_the_static_stage_trains_on_the_first_frame_still_and_mask_prompted(data_dir):
+    """Before `sim.static_steps` the loss is that of the two-frame clip (frame 0, frame 0 again) with every track
+    given its mask, whatever `sim.mask_prob` says and whatever the later frames hold; from then on the clip's."""
+    from vitsam.data.sources import open_source
+    from vitsam.data.video_clips import make_clip_iterator
+    from vitsam.data.video_source import TfdsVideoSource
+    from vitsam.models.sam2 import sam2_init, sam2_variant
+
+    source = TfdsVideoSource(open_source("vitsam_shapes_video/small", "test", data_dir))
+    batches = make_clip_iterator(source, 1, 64, 3, 2, train=False, process_index=0, process_count=1, num_threads=0)
+    batch = {k: v for k, v in next(batches).items() if k in ("frames", "masks", "object_valid")}
+    other = {k: v for k, v in next(batches).items() if k in batch}
+    changed = {**batch, "frames": batch["frames"].copy(), "masks": batch["masks"].copy()}
+    changed["frames"][:, 1:] = other["frames"][:, 1:]   # everything after frame 0 from another clip
+    changed["masks"][:, :, 1:] = other["masks"][:, :, 1:]
+    assert not np.array_equal(changed["frames"], batch["frames"])
+
+    model = sam2_variant("tiny", image_size=64)
+    variables = sam2_init(model, jax.random.PRNGKey(0))
+    sim = {"sim.correction_clicks": 0, "sim.correct_frame_prob": 0.0}
+    staged = Sam2Task(recipe(**sim, **{"sim.static_steps": 2, "sim.mask_prob": 0.0}), model, variables["constants"])
+    loss = jax.jit(lambda b, step: staged.loss_fn(variables["params"], b, jax.random.PRNGKey(1), step=step)[0])
+    still = {**batch, "frames": np.repeat(batch["frames"][:, :1], 2, axis=1),
+             "masks": np.repeat(batch["masks"][:, :, :1], 2, axis=2)}
+    plain = Sam2Task(recipe(**sim, **{"sim.static_steps": 0, "sim.mask_prob": 1.0}), model, variables["constants"])
+    want = jax.jit(lambda b: plain.loss_fn(variables["params"], b, jax.random.PRNGKey(1))[0])(still)
+
+    assert float(loss(batch, 0)) == pytest.approx(float(want), rel=1e-5)
+    assert float(loss(changed, 1)) == pytest.approx(float(want), rel=1e-5)
+    assert float(loss(batch, 2)) != pytest.approx(float(loss(changed, 2)), rel=1e-3)
 
 
 def test_clip_batches(data_dir):
@@ -191,6 +224,7 @@ def test_bad_input_is_one_line(tmp_path, data_dir):
         "format": ({"data.format": "youtube"}, "data.format must be one of"),
         "eval_only": ({"eval_only": True}, "eval_only evaluates the checkpoint in init_from, which is empty"),
         "prob": ({"sim.mask_prob": 1.5}, "sim.mask_prob must be in [0, 1]"),
+        "static": ({"sim.static_steps": -1}, "sim.static_steps must not be negative, got -1"),
         "prompts": ({"eval.prompts": ("box",)}, "eval.prompts must be some of"),
     }
     # Every case through `train.sam2.train` in one process (each would cost a process start on the command line)

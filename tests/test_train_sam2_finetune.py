@@ -88,7 +88,8 @@ def _finetune(workdir, pt, *data_flags, timeout=900):
     flags = {"init_from": pt, "model.image_size": IMAGE_SIZE, "data.image_size": IMAGE_SIZE,
              "freeze_image_encoder": True, "batch_size": 1, "total_steps": 2, "eval_every": 2, "log_every": 1,
              "checkpoint_every": 2, "optim.warmup_steps": 1, "data.num_frames": 3, "data.eval_num_frames": 3,
-             "data.max_objects": 2, "sim.correction_clicks": 0, "sim.correct_frame_prob": 0.0}
+             "data.max_objects": 2, "sim.correction_clicks": 0, "sim.correct_frame_prob": 0.0,
+             "sim.static_steps": 0}
     args = [f"--config.{k}={v}" for k, v in flags.items()]
     return subprocess.run([sys.executable, "-m", "train.sam2", f"--workdir={workdir}", *args, *data_flags], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)

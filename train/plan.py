@@ -132,6 +132,8 @@ def compile_plan(cfg, workdir, target: str, make_task: Callable, *, model_fields
     grad = jax.value_and_grad(plain.loss_fn, has_aux=True)
     rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32)
     kw = {} if plain.constants is None else {"constants": setup.abstract.constants}
+    if plain.loss_takes_step:
+        kw["step"] = setup.abstract.step
     flops = bench.matmul_flops(grad, setup.abstract.params, task.batch_spec(cfg.batch_size), rng, **kw)
 
     params = sharding.per_device_bytes(setup.abstract.params)

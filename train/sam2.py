@@ -3,7 +3,7 @@
     python -m train.sam2 --workdir DIR                                 # the embedded recipe (tiny SAM 2, shapes)
     python -m train.sam2 --workdir DIR --config.init_from=sam2.1_hiera_tiny.pt --config.model.image_size=1024 \\
         --config.data.format=davis --config.data.train_path=/data/DAVIS --config.data.image_size=1024 \\
-        --config.freeze_image_encoder=True --config.batch_size=1
+        --config.freeze_image_encoder=True --config.batch_size=1 --config.sim.static_steps=0
     python -m train.sam2 --workdir DIR --config.init_from=CKPT --config.eval_only=True     # only eval: DIR/eval.json
 
 Any config field can be overridden as --config.field=value. Running the same command again resumes from the last
@@ -25,6 +25,8 @@ SAM 2 paper trains (`train.sam2_task`):
   4. every prediction step of every frame is trained: focal · 20 + dice (· 1 in the paper, `loss.dice_weight`)
      + IoU-MSE on the mask (at the input resolution, where the object is present) and the object-score
      cross-entropy (present or not).
+The first `sim.static_steps` steps (the static stage) train on still clips instead: each clip's first frame and a
+copy of it, every track prompted with its mask.
 Eval: J (region IoU), F (boundary F-measure, `vitsam.video_metrics`) and J&F per object, over the frames between
 the prompted first frame and the last (as the DAVIS evaluation), with the first-frame mask and with one click.
 """
@@ -90,8 +92,9 @@ def _check_config(cfg) -> None:
     for name in ("mask_prob", "box_prob", "correct_frame_prob"):
         if not 0.0 <= s[name] <= 1.0:
             raise ValueError(f"sim.{name} must be in [0, 1], got {s[name]}")
-    if s.correction_clicks < 0:
-        raise ValueError(f"sim.correction_clicks must not be negative, got {s.correction_clicks}")
+    for name in ("correction_clicks", "static_steps"):
+        if s[name] < 0:
+            raise ValueError(f"sim.{name} must not be negative, got {s[name]}")
     bad = [p for p in cfg.eval.prompts if p not in PROMPTS]
     if bad or not cfg.eval.prompts:
         raise ValueError(f"eval.prompts must be some of {PROMPTS}, got {tuple(cfg.eval.prompts)}")
@@ -175,6 +178,7 @@ def sam2_task(cfg, model, train_source, eval_source, initial_variables=None) -> 
         constants=constants or None,
         trainable=(lambda path: path[0] not in frozen) if cfg.freeze_image_encoder else None,
         batch_spec=batch_spec,
+        loss_takes_step=bool(cfg.sim.static_steps),
     )
 
 

@@ -51,6 +51,14 @@ def _select(cond: jnp.ndarray, a, b):
     return jax.tree.map(lambda x, y: jnp.where(cond.reshape(-1, *([1] * (x.ndim - 1))), x, y), a, b)
 
 
+def still_clips(batch: dict) -> dict:
+    """The clips of the static stage: each clip's first frame twice, with its masks ((B, 2, S, S, 3) frames,
+    (B, O, 2, S, S) masks); the other keys unchanged."""
+    frames, masks = batch["frames"][:, :1], batch["masks"][:, :, :1]
+    return {**batch, "frames": jnp.concatenate([frames, frames], axis=1),
+            "masks": jnp.concatenate([masks, masks], axis=2)}
+
+
 def _object_bce(score: jnp.ndarray, present: jnp.ndarray) -> jnp.ndarray:
     """Binary cross-entropy of object-score logits (N,) against presence (N,) bool."""
     x, t = score.astype(jnp.float32), present.astype(jnp.float32)
@@ -167,12 +175,13 @@ class Sam2Task:
         offsets = jnp.broadcast_to(dist.astype(jnp.float32), is_cond.shape)
         return mem_valid, tpos.astype(jnp.int32), ptr_valid, offsets
 
-    def run_clip(self, params, batch, key, *, train: bool, prompt: str = "mask"):
+    def run_clip(self, params, batch, key, *, train: bool, prompt: str = "mask", mask_prob: float | None = None):
         """Prompt frame 0, track frames 1 … T − 1 with the memory bank (gradients flow through the memories, as
         in the official training). Train: the prompt per track is the mask (`sim.mask_prob`) or a point / box
         with `sim.correction_clicks` clicks, and one random frame (probability `sim.correct_frame_prob`) of the
-        point-prompted tracks gets clicks too and becomes a conditioning frame. Eval: `prompt` "mask" (first-frame
-        mask) or "click" (one click at the mask's most interior pixel), no corrections.
+        point-prompted tracks gets clicks too and becomes a conditioning frame; `mask_prob` overrides
+        `sim.mask_prob`. Eval: `prompt` "mask" (first-frame mask) or "click" (one click at the mask's most interior
+        pixel), no corrections.
         Returns (per-step loss terms: a list of dicts of (N,) or (T − 1, N)), chosen low-res logits (T, N, L, L),
         valid (N,), targets (T, N, S, S))."""
         sim, m = self.cfg.sim, self.model
@@ -189,7 +198,8 @@ class Sam2Task:
         given = self._call(params, Sam2.mask_as_output, vision[0], hr0, t0)
         clicks = sim.correction_clicks if train else 0
         if train:
-            use_mask = jax.random.uniform(k_prompt, (n,)) < sim.mask_prob
+            p_mask = sim.mask_prob if mask_prob is None else mask_prob
+            use_mask = jax.random.uniform(k_prompt, (n,)) < p_mask
             pts, labs, is_box = prompts.first_prompt(k_first, t0, _tight_boxes(t0), self.size, sim.box_prob,
                                                      sim.box_noise, sim.box_max_noise)
         else:
@@ -267,10 +277,21 @@ class Sam2Task:
 
     # -- loss and eval
 
-    def loss_fn(self, params, batch, rng, constants=None):
+    def loss_fn(self, params, batch, rng, constants=None, step=None):
+        """The loss of one batch of clips; before step `sim.static_steps` (the static stage) that of the still
+        clips (`still_clips`) with every track prompted by its mask: with nothing moving, the memory attention
+        learns to carry the prompted object from the conditioning frame before the clips ask it to follow
+        motion."""
         if constants is not None:
-            return self._with(constants).loss_fn(params, batch, rng)
-        steps, masks, valid, targets, _ = self.run_clip(params, batch, rng, train=True)
+            return self._with(constants).loss_fn(params, batch, rng, step=step)
+        if step is None or not self.cfg.sim.static_steps:
+            return self._clip_loss(params, batch, rng)
+        return jax.lax.cond(step < self.cfg.sim.static_steps,
+                            lambda: self._clip_loss(params, still_clips(batch), rng, mask_prob=1.0),
+                            lambda: self._clip_loss(params, batch, rng))
+
+    def _clip_loss(self, params, batch, rng, mask_prob=None):
+        steps, masks, valid, targets, _ = self.run_clip(params, batch, rng, train=True, mask_prob=mask_prob)
         flat = {k: jnp.concatenate([s[k].reshape(-1) for s in steps]) for k in steps[0]}
         mask_loss = _masked_mean(flat["mask_loss"], flat["mask_w"])
         object_loss = _masked_mean(flat["object_bce"], flat["w"])

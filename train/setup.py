@@ -48,6 +48,8 @@ class Task:
     lr_scale(path) -> float: a per-parameter learning-rate multiplier (e.g. layer-wise lr decay). None: 1.
     batch_spec(global_batch) -> {key: jax.ShapeDtypeStruct} of the training batch keys `loss_fn` reads: lets
     `train.plan` compile the step without data.
+    loss_takes_step: loss_fn also receives the optimizer step as a keyword `step=` (a traced int32 scalar), for a
+    curriculum that changes what a step trains on (e.g. `train.sam2`'s static stage).
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -60,6 +62,7 @@ class Task:
     trainable: Callable[[tuple[str, ...]], bool] | None = None
     lr_scale: Callable[[tuple[str, ...]], float] | None = None
     batch_spec: Callable[[int], dict] | None = None
+    loss_takes_step: bool = False
 
 
 def _microbatches(batch: dict, n: int) -> dict:
@@ -74,6 +77,8 @@ def make_train_step(task: Task, tx, schedule, accum_steps: int, base_rng: jax.Ar
     def step_fn(state: TrainState, batch: dict):
         rng = jax.random.fold_in(base_rng, state.step)
         kw = {} if task.constants is None else {"constants": state.constants}
+        if task.loss_takes_step:
+            kw["step"] = state.step
         if accum_steps == 1:
             (loss, aux), grads = grad_fn(state.params, batch, rng, **kw)
         else:
