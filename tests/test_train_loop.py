@@ -322,23 +322,23 @@ def test_the_loss_receives_the_states_constants_not_the_tasks(tmp_path):
     assert float(sums["scale"]) == 3.0 * float(weights["scale"])
 
 
-def test_a_task_that_asks_for_the_step_gets_the_optimizer_step(tmp_path):
-    """`Task.loss_takes_step`: loss_fn receives the step being taken (0 for the first), also when the batch is
-    split into microbatches, and after a resume the restored step."""
+def test_each_step_trains_in_the_phase_the_task_names_for_it(tmp_path):
+    """`Task.phase`: loss_fn receives phase(step) of the step being taken (0 for the first) as a Python value,
+    also when the batch is split into microbatches, and after a resume from the restored step on."""
     import dataclasses
 
     base = fx.task()
 
-    def loss_fn(params, batch, rng, step):
+    def loss_fn(params, batch, rng, phase):
         loss, aux = base.loss_fn(params, batch, rng)
-        return loss, {**aux, "seen_step": step.astype(jnp.float32)}
+        return loss, {**aux, "phase": jnp.float32({"a": 1.0, "b": 2.0}[phase])}
 
-    task = dataclasses.replace(base, loss_fn=loss_fn, loss_takes_step=True)
+    task = dataclasses.replace(base, loss_fn=loss_fn, phase=lambda step: "a" if step < 2 or step == 3 else "b")
     loop.run(fx.config(total_steps=3, accum=2), tmp_path, task)
     loop.run(fx.config(total_steps=5, accum=2), tmp_path, task)
     rows = read(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
-    assert [r["seen_step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["phase"] for r in rows] == [1.0, 1.0, 2.0, 1.0, 2.0]
 
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):

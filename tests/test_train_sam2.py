@@ -80,7 +80,7 @@ def test_tight_boxes_are_the_mask_boxes():
 
 
 def test_the_static_stage_trains_on_the_first_frame_still_and_mask_prompted(data_dir):
-    """Before `sim.static_steps` the loss is that of the two-frame clip (frame 0, frame 0 again) with every track
+    """In the static stage the loss is that of the two-frame clip (frame 0, frame 0 again) with every track
     given its mask, whatever `sim.mask_prob` says and whatever the later frames hold; from then on the clip's."""
     from vitsam.data.sources import open_source
     from vitsam.data.video_clips import make_clip_iterator
@@ -100,15 +100,16 @@ def test_the_static_stage_trains_on_the_first_frame_still_and_mask_prompted(data
     variables = sam2_init(model, jax.random.PRNGKey(0))
     sim = {"sim.correction_clicks": 0, "sim.correct_frame_prob": 0.0}
     staged = Sam2Task(recipe(**sim, **{"sim.static_steps": 2, "sim.mask_prob": 0.0}), model, variables["constants"])
-    loss = jax.jit(lambda b, step: staged.loss_fn(variables["params"], b, jax.random.PRNGKey(1), step=step)[0])
+    loss = jax.jit(lambda b, phase: staged.loss_fn(variables["params"], b, jax.random.PRNGKey(1), phase=phase)[0],
+                   static_argnums=1)
     still = {**batch, "frames": np.repeat(batch["frames"][:, :1], 2, axis=1),
              "masks": np.repeat(batch["masks"][:, :, :1], 2, axis=2)}
     plain = Sam2Task(recipe(**sim, **{"sim.static_steps": 0, "sim.mask_prob": 1.0}), model, variables["constants"])
     want = jax.jit(lambda b: plain.loss_fn(variables["params"], b, jax.random.PRNGKey(1))[0])(still)
 
-    assert float(loss(batch, 0)) == pytest.approx(float(want), rel=1e-5)
-    assert float(loss(changed, 1)) == pytest.approx(float(want), rel=1e-5)
-    assert float(loss(batch, 2)) != pytest.approx(float(loss(changed, 2)), rel=1e-3)
+    assert float(loss(batch, "still")) == pytest.approx(float(want), rel=1e-5)
+    assert float(loss(changed, "still")) == pytest.approx(float(want), rel=1e-5)
+    assert float(loss(batch, "clips")) != pytest.approx(float(loss(changed, "clips")), rel=1e-3)
 
 
 def test_clip_batches(data_dir):

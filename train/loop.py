@@ -188,7 +188,6 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
         say(f"initialised {n_params:,} parameters{frozen} on {mesh.size} device(s) (mesh {axes}), "
             f"{jax.process_count()} process(es); {sharding.per_device_bytes(setup_.abstract.params) / 2**20:,.1f} "
             f"MiB of parameters per device")
-    start_step = step
     log = MetricsLog(workdir / "metrics.jsonl", step, enabled=is_main, guard=ckpt.stop_on_disk_full)
 
     train_step = setup_.train_step
@@ -212,6 +211,7 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
 
     last_eval: dict = {}
     pending: list = []
+    compiled: set = set()   # the phases whose step program has run (`Task.phase`)
     window_start, window_steps = time.perf_counter(), 0
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not is_main, dynamic_ncols=True,
                mininterval=1.0, file=sys.stderr)
@@ -222,14 +222,17 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
                 ckpt.save(step, state, {"iterator": _encode_state(train_it.get_state())}, force=True)
                 break
             batch = parallel.shard_batch(next(train_it), mesh)
-            if step == start_step:
+            phase = None if task.phase is None else task.phase(step)
+            if phase not in compiled:
                 t0 = time.perf_counter()
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, batch, phase)
                 jax.block_until_ready(metrics)
-                say(f"compiled and ran the first step in {time.perf_counter() - t0:.1f}s")
+                what = "the first step" if phase is None else f"the first step of phase {phase!r}"
+                say(f"compiled and ran {what} in {time.perf_counter() - t0:.1f}s")
+                compiled.add(phase)
                 window_start, window_steps = time.perf_counter(), 0
             else:
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, batch, phase)
             step += 1
             window_steps += 1
             pending.append(metrics)

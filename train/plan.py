@@ -114,7 +114,9 @@ def compile_plan(cfg, workdir, target: str, make_task: Callable, *, model_fields
     status(f"compiling the train step for {target} ({len(devices)} × {kind}, mesh {axes}, "
            f"global batch {cfg.batch_size}) ...")
     t0 = time.perf_counter()
-    lowered = setup.train_step.lower(setup.abstract, batch)
+    # A curriculum's (`Task.phase`) program of the last step: the one most of a run takes.
+    phase = None if task.phase is None else task.phase(cfg.total_steps - 1)
+    lowered = setup.train_step.lower(setup.abstract, batch, phase)
     try:
         compiled = lowered.compile()
         refusal = None
@@ -132,8 +134,8 @@ def compile_plan(cfg, workdir, target: str, make_task: Callable, *, model_fields
     grad = jax.value_and_grad(plain.loss_fn, has_aux=True)
     rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32)
     kw = {} if plain.constants is None else {"constants": setup.abstract.constants}
-    if plain.loss_takes_step:
-        kw["step"] = setup.abstract.step
+    if plain.phase is not None:
+        kw["phase"] = phase
     flops = bench.matmul_flops(grad, setup.abstract.params, task.batch_spec(cfg.batch_size), rng, **kw)
 
     params = sharding.per_device_bytes(setup.abstract.params)

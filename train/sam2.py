@@ -178,7 +178,7 @@ def sam2_task(cfg, model, train_source, eval_source, initial_variables=None) -> 
         constants=constants or None,
         trainable=(lambda path: path[0] not in frozen) if cfg.freeze_image_encoder else None,
         batch_spec=batch_spec,
-        loss_takes_step=bool(cfg.sim.static_steps),
+        phase=(lambda step: "still" if step < cfg.sim.static_steps else "clips") if cfg.sim.static_steps else None,
     )
 
 

@@ -277,18 +277,16 @@ class Sam2Task:
 
     # -- loss and eval
 
-    def loss_fn(self, params, batch, rng, constants=None, step=None):
-        """The loss of one batch of clips; before step `sim.static_steps` (the static stage) that of the still
-        clips (`still_clips`) with every track prompted by its mask: with nothing moving, the memory attention
-        learns to carry the prompted object from the conditioning frame before the clips ask it to follow
-        motion."""
+    def loss_fn(self, params, batch, rng, constants=None, phase=None):
+        """The loss of one batch of clips. `phase` "still" (the static stage, the first `sim.static_steps` steps):
+        that of the still clips (`still_clips`) with every track prompted by its mask: with nothing moving, the
+        memory attention learns to carry the prompted object from the conditioning frame before the clips ask it
+        to follow motion."""
         if constants is not None:
-            return self._with(constants).loss_fn(params, batch, rng, step=step)
-        if step is None or not self.cfg.sim.static_steps:
-            return self._clip_loss(params, batch, rng)
-        return jax.lax.cond(step < self.cfg.sim.static_steps,
-                            lambda: self._clip_loss(params, still_clips(batch), rng, mask_prob=1.0),
-                            lambda: self._clip_loss(params, batch, rng))
+            return self._with(constants).loss_fn(params, batch, rng, phase=phase)
+        if phase == "still":
+            return self._clip_loss(params, still_clips(batch), rng, mask_prob=1.0)
+        return self._clip_loss(params, batch, rng)
 
     def _clip_loss(self, params, batch, rng, mask_prob=None):
         steps, masks, valid, targets, _ = self.run_clip(params, batch, rng, train=True, mask_prob=mask_prob)

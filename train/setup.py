@@ -6,7 +6,7 @@ and a compile-only plan (`train.plan`) share it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Hashable, Iterable, Iterator
 
 import flax
 import jax
@@ -48,8 +48,9 @@ class Task:
     lr_scale(path) -> float: a per-parameter learning-rate multiplier (e.g. layer-wise lr decay). None: 1.
     batch_spec(global_batch) -> {key: jax.ShapeDtypeStruct} of the training batch keys `loss_fn` reads: lets
     `train.plan` compile the step without data.
-    loss_takes_step: loss_fn also receives the optimizer step as a keyword `step=` (a traced int32 scalar), for a
-    curriculum that changes what a step trains on (e.g. `train.sam2`'s static stage).
+    phase(step) -> a hashable value, for a curriculum (e.g. `train.sam2`'s static stage): loss_fn receives the
+    value of the step being taken (0 for the first) as a keyword `phase=`, fixed at trace time, and each value
+    compiles a step program of its own. None: loss_fn gets no `phase`.
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -62,7 +63,7 @@ class Task:
     trainable: Callable[[tuple[str, ...]], bool] | None = None
     lr_scale: Callable[[tuple[str, ...]], float] | None = None
     batch_spec: Callable[[int], dict] | None = None
-    loss_takes_step: bool = False
+    phase: Callable[[int], Hashable] | None = None
 
 
 def _microbatches(batch: dict, n: int) -> dict:
@@ -74,11 +75,11 @@ def make_train_step(task: Task, tx, schedule, accum_steps: int, base_rng: jax.Ar
     """The step: gradients (averaged over `accum_steps` microbatches), one optimizer update."""
     grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
 
-    def step_fn(state: TrainState, batch: dict):
+    def step_fn(state: TrainState, batch: dict, phase=None):
         rng = jax.random.fold_in(base_rng, state.step)
         kw = {} if task.constants is None else {"constants": state.constants}
-        if task.loss_takes_step:
-            kw["step"] = state.step
+        if task.phase is not None:
+            kw["phase"] = phase
         if accum_steps == 1:
             (loss, aux), grads = grad_fn(state.params, batch, rng, **kw)
         else:
@@ -152,7 +153,7 @@ class Setup:
     abstract: Any             # TrainState of ShapeDtypeStructs carrying their shardings
     shardings: Any            # TrainState of NamedShardings
     batch_sharding: Any
-    train_step: Callable      # jitted (state, batch) -> (state, metrics); state donated
+    train_step: Callable      # jitted (state, batch, phase) -> (state, metrics); state donated, phase static
     local_batch: int
 
 
@@ -186,7 +187,8 @@ def setup(cfg, task: Task, devices=None) -> Setup:
     step_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))[1]
     batch_sharding = parallel.batch_sharded(mesh)
     train_step = jax.jit(make_train_step(task, tx, schedule, accum, step_rng),
-                         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, rep), donate_argnums=0)
+                         in_shardings=(shardings, batch_sharding), out_shardings=(shardings, rep), donate_argnums=0,
+                         static_argnums=2)
     return Setup(mesh, tx, schedule, init, abstract, shardings, batch_sharding, train_step, local_batch)
 
 
