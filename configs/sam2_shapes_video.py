@@ -4,17 +4,19 @@ default recipe of `train.sam2`.
 Run:      python -m train.sam2 --workdir /tmp/sam2_shapes
 Then:     vitsam track CLIP --checkpoint /tmp/sam2_shapes --point 0,X,Y --out tracks/   (a video file or frame folder)
 Hardware: a 2-core CPU, no accelerator.
-Time:     ~1.4 s a step (4 clips of 8 frames, up to 3 objects each), compile ~100 s, each eval ~40 s: the 700
-          steps with both evals took 18 min 22 s (`time`, alone; 2026-12-05, jax 0.10.2, 2-core AMD EPYC of
-          x86 family 26, Zen 5); 25 min 7 s on family 25 (Zen 3, AVX2 only) with AdamW (2026-12-04).
+Time:     400 static steps (still clips of 2 frames, ~0.8 s each) then 500 tracking steps (4 clips of 8 frames,
+          up to 3 objects each, ~2.0 s each), two step programs compiled in ~70 s and ~130 s, each eval ~40 s:
+          27 min 46 s for the command (`time`, alone; 2026-12-05, jax 0.10.2, a 2-core AMD EPYC of x86 family
+          25 model 17, Zen 4). On family 26 (Zen 5) the steps take ~0.6 s and ~1.45 s (measured in probes of
+          the same computation), so about 20 min there (estimated, not timed).
 Result:   J, F and J&F on the 100 test clips (12 frames, every object visible on frame 0), prompted with the
-          first-frame mask and with one click on frame 0, after 700 steps (2026-12-05, a 2-core AMD EPYC of x86
-          family 26; the same alone and two at a time): J&F 0.478 (mask) and 0.477 (click). With the
-          paper's focal:dice 20:1 (`--config.loss.dice_weight=1`) 0.350 / 0.318; with that and
-          `--config.optim.name=adamw` 0.124. Copying the first-frame mask to every frame gives 0.258. Not yet the
-          goal of 0.75: mask and click give the same figure because the tracked masks hardly depend on the
-          prompt; the memory does not carry the tracked object's identity (docs/experiments.md, "SAM 2 on video
-          shapes", has the measurements).
+          first-frame mask and with one click on frame 0, after 900 steps (2026-12-05, the Zen 4 machine above):
+          J&F 0.511 (mask) and 0.464 (click); 0.465 / 0.405 at step 450. The memory now carries which object
+          was prompted (the mask beats the click); without the static stage and with one memory-attention layer
+          (700 steps, `--config.sim.static_steps=0 --config.model.memory_attention_layers=1
+          --config.total_steps=700`) the recipe gave 0.478 / 0.477 on family 26, every track segmenting every
+          object. Copying the first-frame mask to every frame gives 0.258. Not yet the goal of 0.75
+          (docs/experiments.md, "SAM 2 on video shapes", has the measurements and what was tried).
 """
 
 import ml_collections
