@@ -82,7 +82,78 @@ def test_track_frame_folder_forward_only_without_video(files, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "tracked 1 object (ids 1) through 4 frames" in printed and "forward from frame 0:" in printed
     assert sorted(p.name for p in (out / "masks" / "1").iterdir()) == [f"{t:05d}.png" for t in range(T)]
+    assert not (out / "overlay.mp4").exists() and not (out / "overlay.gif").exists()
+
+
+def test_track_gif_shows_the_written_masks_over_the_frames(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["track", str(files["folder"]), "--checkpoint", str(files["sam2"]), "--point", "0,20,22",
+                     "--no-video", "--gif", "--fps", "4", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"and {out / 'overlay.gif'}")
     assert not (out / "overlay.mp4").exists()
+    frames = clip_frames()
+    with Image.open(out / "overlay.gif") as gif:
+        assert (gif.n_frames, gif.size, gif.info["loop"], gif.info["duration"]) == (T, (W, H), 0, 250)
+        for t in range(T):
+            gif.seek(t)
+            shown = np.asarray(gif.convert("RGB")).astype(int)
+            mask = read_mask(out / "masks" / "1" / f"{t:05d}.png")[1] > 0
+            # Outside the mask and away from the click drawn on frame 0 the frame shows through unchanged (up to
+            # the GIF's 256-colour palette); inside, it is tinted with the object's colour.
+            yy, xx = np.mgrid[:H, :W]
+            outside = ~mask & (np.hypot(yy - 22, xx - 20) > 5)
+            if outside.any():
+                assert np.abs(shown[outside] - frames[t][outside]).mean() < 8
+            if mask.any():
+                assert np.abs(shown[mask] - frames[t][mask]).mean() > 20
+
+
+def test_track_from_masks_takes_them_as_the_frames_result(files, tmp_path, capsys):
+    """An id-valued annotation (DAVIS layout: objects 3 and 5) and a 0 / 255 mask given as object 7, on frame 1."""
+    ids = np.zeros((H, W), np.uint8)
+    ids[12:32, 16:36] = 3      # the red square on frame 1
+    ids[36:46, 40:60] = 5
+    annotation = Image.fromarray(ids).convert("P")  # indexed, as DAVIS stores them
+    annotation.save(tmp_path / "ann.png")
+    binary = np.zeros((H, W), bool)
+    binary[2:10, 2:30] = True
+    Image.fromarray(np.where(binary, 255, 0).astype(np.uint8)).save(tmp_path / "m,7.png")  # a comma in the name
+    out = tmp_path / "out"
+    assert cli.main(["track", str(files["folder"]), "--checkpoint", str(files["sam2"]), "--no-video",
+                     "--mask", f"1,{tmp_path / 'ann.png'}", "--mask", f"1,{tmp_path / 'm,7.png'},7",
+                     "--out", str(out)]) == 0
+    assert "tracked 3 objects (ids 3, 5, 7) through 4 frames" in capsys.readouterr().out
+    for obj_id, given in ((3, ids == 3), (5, ids == 5), (7, binary)):
+        # frame 1 is the given mask (up to the round trip through the model's 128 x 128 grid); every frame written
+        mask = read_mask(out / "masks" / str(obj_id) / "00001.png")[1] > 0
+        assert (mask & given).sum() / (mask | given).sum() > 0.9
+        assert sorted(q.name for q in (out / "masks" / str(obj_id)).iterdir()) == [f"{t:05d}.png" for t in range(T)]
+
+
+def test_bad_mask_prompts(tmp_path):
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "empty.png")
+    small = np.zeros((H - 8, W), np.uint8)
+    small[:4, :4] = 1
+    Image.fromarray(small).save(tmp_path / "small.png")
+    (tmp_path / "text.png").write_text("not an image")
+    for points, masks, message in [
+        ([], ["0"], "--mask expects F,path[,obj]"),
+        ([], ["a,x.png"], "--mask expects F,path[,obj]"),
+        ([], ["-1,x.png"], "the frame index must be a whole number >= 0"),
+        ([], [f"0,{tmp_path / 'nope.png'}"], "no file at"),
+        ([], [f"0,{tmp_path / 'rgb.png'}"], "is a RGB image; expected a single-channel"),
+        ([], [f"0,{tmp_path / 'empty.png'}"], "is empty (no nonzero pixel)"),
+        ([], [f"0,{tmp_path / 'text.png'}"], "is not an image"),
+        ([], [f"0,{tmp_path / 'small.png'}", f"0,{tmp_path / 'small.png'}"], "object 1 already has a mask on frame 0"),
+        (["0,3,3"], [f"0,{tmp_path / 'small.png'}"], "object 1 on frame 0 has a --mask and clicks or a box"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            parse_prompts(points, (), masks)
+        assert message in str(e.value) and "\n" not in str(e.value)
+    from vitsam.tracking import check_prompts_fit
+    with pytest.raises(ValueError, match=r"--mask on frame 0 is 64x40 \(width x height\), but the video is 64x48"):
+        check_prompts_fit(parse_prompts((), (), [f"0,{tmp_path / 'small.png'}"]), T, H, W)
 
 
 def test_parse_prompts():

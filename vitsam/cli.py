@@ -252,9 +252,10 @@ def _numbers(text: str, flag: str, counts: tuple[int, ...], form: str) -> list[f
 def _track(args) -> int:
     from vitsam.tracking import parse_prompts, track
 
-    prompts = parse_prompts(args.point, args.box)  # before the slow checkpoint and video loads
+    prompts = parse_prompts(args.point, args.box, args.mask)  # before the slow checkpoint and video loads
     _check_out_folder(Path(args.out))
-    print(track(args.checkpoint, args.video, prompts, args.out, write_overlay=not args.no_video, fps=args.fps))
+    print(track(args.checkpoint, args.video, prompts, args.out, write_overlay=not args.no_video, fps=args.fps,
+                gif=args.gif))
     return 0
 
 
@@ -442,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="segment", help="output folder")
     p.set_defaults(func=_segment)
 
-    p = sub.add_parser("track", help="track objects through a video with SAM 2 from point / box prompts on any "
+    p = sub.add_parser("track", help="track objects through a video with SAM 2 from point / box / mask prompts on any "
                                      "frames (mask PNGs per object and frame, overlay.mp4)",
                        description="Tracks forward from the earliest prompted frame to the end and, if that is not "
                                    "frame 0, backward from it to frame 0, so every frame gets a mask of every object. "
@@ -456,8 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "object OBJ (default 1); repeatable")
     p.add_argument("--box", action="append", default=[], metavar="F,X0,Y0,X1,Y1[,OBJ]",
                    help="a box on frame F in video pixels for object OBJ (default 1); repeatable")
+    p.add_argument("--mask", action="append", default=[], metavar="F,PATH[,OBJ]",
+                   help="a mask PNG of the video's size on frame F: its values are object ids, 0 the background (a "
+                        "DAVIS / YouTube-VOS annotation), or with OBJ its nonzero pixels are object OBJ; repeatable")
     p.add_argument("--fps", type=float, help="frame rate of overlay.mp4 (default: the video's, 30 for a folder)")
-    p.add_argument("--no-video", action="store_true", help="write the mask PNGs only, no overlay.mp4")
+    p.add_argument("--no-video", action="store_true", help="no overlay.mp4 (the mask PNGs, and overlay.gif with --gif)")
+    p.add_argument("--gif", action="store_true", help="also write OUT/overlay.gif, the overlay as a looping animated "
+                                                      "GIF (for short clips: its frames are held in memory)")
     p.add_argument("--out", default="track", help="output folder")
     p.set_defaults(func=_track)
 

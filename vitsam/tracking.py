@@ -1,18 +1,23 @@
-"""`vitsam track`: follow objects through a video with SAM 2, from point / box prompts on any frames.
+"""`vitsam track`: follow objects through a video with SAM 2, from point / box / mask prompts on any frames.
 
     prompts = parse_prompts(points=["2,30,20", "2,50,10,0"], boxes=["0,5,5,40,30,2"])  # {frame: {obj_id: ...}}
     summary = track("sam2_hiera_tiny.pt", "clip.mp4", prompts, "out/")
 
 Prompts are in video pixels: `--point F,x,y[,label][,obj]` (label 1 foreground, the default, or 0 background;
-object id 1 by default) and `--box F,x0,y0,x1,y1[,obj]`; several frames and several objects are allowed (one box
-per object and frame). Every object is tracked forward from the earliest prompted frame to the last frame and,
+object id 1 by default), `--box F,x0,y0,x1,y1[,obj]` and `--mask F,path[,obj]`; several frames and several
+objects are allowed (one box per object and frame). A mask is a single-channel PNG of the video's size: without
+obj its values are object ids, 0 the background (a DAVIS / YouTube-VOS annotation: semi-supervised tracking from
+a first-frame mask); with obj its nonzero pixels are that object's mask (a 0 / 255 PNG as written below). A mask
+is taken as its frame's result, so it cannot be combined with clicks or a box of the same object and frame. Every object is tracked forward from the earliest prompted frame to the last frame and,
 when that frame is not frame 0, backward from it to frame 0, so every frame gets a mask of every object (the
 official predictor's `propagate_in_video` both ways, as its web demo does). Prompts on later frames are
 conditioning frames of their objects: the tracking passes through them and uses them as given.
 
 Writes OUT/masks/<obj_id>/<frame:05d>.png (255 inside the mask, 0 outside, at the video's size) and
 OUT/overlay.mp4: every frame with each object's mask in its own colour and outline (objects in the order of
-their ids, `vitsam.overlay.PALETTE`) and the prompts drawn on the frames they were given on.
+their ids, `vitsam.overlay.PALETTE`) and the prompts drawn on the frames they were given on; with `gif=True`
+also OUT/overlay.gif, the same frames as an animated GIF that loops (Pillow; held in memory, so meant for
+short clips such as the README's).
 """
 
 from __future__ import annotations
@@ -29,16 +34,19 @@ from vitsam.cli import _numbers
 
 POINT_FORM = "F,x,y[,label][,obj]"
 BOX_FORM = "F,x0,y0,x1,y1[,obj]"
+MASK_FORM = "F,path[,obj]"
 DEFAULT_FPS = 30  # the overlay's frame rate for a folder of frames
 PYAV_HINT = "pip install 'vitsam[video]'"
 
 
 @dataclasses.dataclass
 class FramePrompt:
-    """One object's prompts on one frame: points [(x, y)], their labels (1 / 0) and at most one box."""
+    """One object's prompts on one frame: points [(x, y)], their labels (1 / 0) and at most one box; or a mask
+    (H, W) bool alone."""
     points: list = dataclasses.field(default_factory=list)
     labels: list = dataclasses.field(default_factory=list)
     box: tuple | None = None
+    mask: np.ndarray | None = dataclasses.field(default=None, compare=False)
 
 
 # -- prompts -------------------------------------------------------------------------------------------------------
@@ -49,9 +57,9 @@ def _index(value: float, flag: str, what: str, text: str) -> int:
     return int(value)
 
 
-def parse_prompts(points=(), boxes=()) -> dict[int, dict[int, FramePrompt]]:
-    """--point / --box texts -> {frame: {obj_id: FramePrompt}}, frames and objects in increasing order; a
-    one-line ValueError for a malformed prompt or none at all."""
+def parse_prompts(points=(), boxes=(), masks=()) -> dict[int, dict[int, FramePrompt]]:
+    """--point / --box / --mask texts -> {frame: {obj_id: FramePrompt}}, frames and objects in increasing order
+    (mask files are read here); a one-line ValueError for a malformed prompt or none at all."""
     prompts: dict[int, dict[int, FramePrompt]] = {}
 
     def entry(frame: int, obj_id: int) -> FramePrompt:
@@ -78,9 +86,57 @@ def parse_prompts(points=(), boxes=()) -> dict[int, dict[int, FramePrompt]]:
         if prompt.box is not None:
             raise ValueError(f"--box: object {obj_id} has two boxes on frame {frame}: give one box per object and frame")
         prompt.box = (x0, y0, x1, y1)
+    for text in masks:
+        frame, path, obj_id = _mask_flag(text)
+        for oid, mask in _read_mask_prompt(path, obj_id, text).items():
+            if entry(frame, oid).mask is not None:
+                raise ValueError(f"--mask {text!r}: object {oid} already has a mask on frame {frame}")
+            entry(frame, oid).mask = mask
+    for frame, objs in prompts.items():
+        for oid, p in objs.items():
+            if p.mask is not None and (p.points or p.box is not None):
+                raise ValueError(f"object {oid} on frame {frame} has a --mask and clicks or a box: a mask is taken as "
+                                 f"the frame's result, so give one or the other")
     if not prompts:
-        raise ValueError(f"no prompt: give --point {POINT_FORM} or --box {BOX_FORM} (repeatable)")
+        raise ValueError(f"no prompt: give --point {POINT_FORM}, --box {BOX_FORM} or --mask {MASK_FORM} (repeatable)")
     return {frame: dict(sorted(objs.items())) for frame, objs in sorted(prompts.items())}
+
+
+def _mask_flag(text: str) -> tuple[int, Path, int | None]:
+    """"F,path[,obj]" -> (frame, path, obj or None); a path may hold commas, an obj is a whole number."""
+    parts = text.split(",")
+    if len(parts) < 2 or not parts[0].strip() or not parts[-1].strip():
+        raise ValueError(f"--mask expects {MASK_FORM}, got {text!r}")
+    try:
+        frame = float(parts[0])
+    except ValueError:
+        raise ValueError(f"--mask expects {MASK_FORM}, got {text!r}") from None
+    frame = _index(frame, "--mask", "frame index", text)
+    obj_id = None
+    if len(parts) > 2 and parts[-1].strip().isdigit():
+        obj_id, parts = int(parts[-1]), parts[:-1]
+    return frame, Path(",".join(parts[1:]).strip()), obj_id
+
+
+def _read_mask_prompt(path: Path, obj_id: int | None, text: str) -> dict[int, np.ndarray]:
+    """A mask PNG -> {obj_id: (H, W) bool}: its id values (obj_id None) or its nonzero pixels as obj_id."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise ValueError(f"--mask {text!r}: no file at {path}")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("1", "L", "P", "I", "I;16"):
+                raise ValueError(f"--mask {text!r}: {path} is a {im.mode} image; expected a single-channel "
+                                 f"(indexed or grayscale) PNG")
+            values = np.asarray(im)
+    except UnidentifiedImageError:
+        raise ValueError(f"--mask {text!r}: {path} is not an image") from None
+    if not values.any():
+        raise ValueError(f"--mask {text!r}: {path} is empty (no nonzero pixel)")
+    if obj_id is not None:
+        return {obj_id: values != 0}
+    return {int(v): values == v for v in np.unique(values) if v != 0}
 
 
 def check_prompts_fit(prompts: dict, num_frames: int, height: int, width: int) -> None:
@@ -90,6 +146,9 @@ def check_prompts_fit(prompts: dict, num_frames: int, height: int, width: int) -
             raise ValueError(f"a prompt is on frame {frame}, but the video has {num_frames} frames "
                              f"(0 … {num_frames - 1})")
         for p in objs.values():
+            if p.mask is not None and p.mask.shape != (height, width):
+                raise ValueError(f"--mask on frame {frame} is {p.mask.shape[1]}x{p.mask.shape[0]} (width x height), "
+                                 f"but the video is {width}x{height}")
             for x, y in p.points:
                 if not (0 <= x <= width and 0 <= y <= height):
                     raise ValueError(f"--point ({x:g}, {y:g}) on frame {frame} lies outside the {width}x{height} "
@@ -193,10 +252,10 @@ def load_sam2(checkpoint):
     return model, variables
 
 
-def track(checkpoint, video, prompts: dict, out, *, write_overlay: bool = True, fps=None) -> str:
+def track(checkpoint, video, prompts: dict, out, *, write_overlay: bool = True, fps=None, gif: bool = False) -> str:
     """Track the objects of `prompts` (`parse_prompts`) through `video` (a video file or a folder of frames)
-    with the SAM 2 in `checkpoint`; write the mask PNGs (and overlay.mp4) under `out` (see the module
-    docstring). Returns a one-line summary."""
+    with the SAM 2 in `checkpoint`; write the mask PNGs (and overlay.mp4, and overlay.gif with `gif`) under
+    `out` (see the module docstring). Returns a one-line summary."""
     from tqdm import tqdm
 
     from vitsam.overlay import mask_image, overlay
@@ -211,6 +270,7 @@ def track(checkpoint, video, prompts: dict, out, *, write_overlay: bool = True, 
         _import_av("reading video files")
     if write_overlay:
         _import_av("writing overlay.mp4")  # before the slow work
+    if write_overlay or gif:
         fps = video_fps(video) if fps is None else fps
 
     predictor = Sam2VideoPredictor(*load_sam2(checkpoint))
@@ -218,8 +278,11 @@ def track(checkpoint, video, prompts: dict, out, *, write_overlay: bool = True, 
     check_prompts_fit(prompts, state.num_frames, state.video_height, state.video_width)
     for frame, objs in prompts.items():
         for obj_id, p in objs.items():
-            predictor.add_new_points_or_box(state, frame, obj_id, points=p.points or None,
-                                            labels=p.labels or None, box=p.box)
+            if p.mask is not None:
+                predictor.add_new_mask(state, frame, obj_id, p.mask)
+            else:
+                predictor.add_new_points_or_box(state, frame, obj_id, points=p.points or None,
+                                                labels=p.labels or None, box=p.box)
 
     obj_ids = sorted(state.obj_ids)
     masks_dir = out / "masks"
@@ -236,7 +299,7 @@ def track(checkpoint, video, prompts: dict, out, *, write_overlay: bool = True, 
 
     directions = f"forward from frame {start}" + (" and backward to frame 0" if start > 0 else "")
     written = f"{masks_dir}/<obj_id>/<frame>.png"
-    if write_overlay:
+    if write_overlay or gif:
         def pictures():
             for frame, image in enumerate(iter_frames(video)):
                 masks = [_read_mask(masks_dir / str(i) / f"{frame:05d}.png") for i in obj_ids]
@@ -246,12 +309,33 @@ def track(checkpoint, video, prompts: dict, out, *, write_overlay: bool = True, 
                 yield overlay(image, np.stack(masks), points=points or None,
                               labels=[label for p in objs for label in p.labels] or None, boxes=boxes or None)
 
-        frames = tqdm(pictures(), total=state.num_frames, desc="writing overlay.mp4", unit="frame")
-        write_video(frames, out / "overlay.mp4", fps)
-        written += f" and {out / 'overlay.mp4'}"
+        names = " and ".join(name for name, wanted in (("overlay.mp4", write_overlay), ("overlay.gif", gif)) if wanted)
+        frames = tqdm(pictures(), total=state.num_frames, desc=f"writing {names}", unit="frame")
+        if gif:
+            frames = list(frames)  # both files take them
+        if write_overlay:
+            write_video(frames, out / "overlay.mp4", fps)
+            written += f" and {out / 'overlay.mp4'}"
+        if gif:
+            write_gif(frames, out / "overlay.gif", fps)
+            written += f" and {out / 'overlay.gif'}"
     return (f"tracked {len(obj_ids)} object{'s' * (len(obj_ids) != 1)} (ids {', '.join(map(str, obj_ids))}) "
             f"through {state.num_frames} frames of {state.video_width}x{state.video_height}, {directions}: "
             f"{written}")
+
+
+def write_gif(frames, path, fps=DEFAULT_FPS) -> int:
+    """Frames ((H, W, 3) uint8 RGB) -> an animated GIF at `path` that loops, each frame shown 1 / fps s (GIF
+    keeps hundredths of a second). Returns the number of frames written."""
+    from PIL import Image
+
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be positive, got {fps}")
+    images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
+    if not images:
+        raise ValueError(f"no frames to write to {path}")
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / float(fps)), loop=0)
+    return len(images)
 
 
 def _read_mask(path) -> np.ndarray:
