@@ -245,16 +245,11 @@ class Sam2Task:
             step0 = self._step_loss(params, tracked, target, tracked_mm, valid)
             corrected = prompted & (t == corr_frame) & corr_on
             if clicks:
-                def correct(_):
-                    last, more = self._clicks(params, pix, hr, target, k, *no_points, tracked, 0, clicks, corrected,
-                                              False)
-                    return last, jax.tree.map(lambda *x: jnp.stack(x), *more)
-
-                def keep(_):
-                    zero = self._step_loss(params, tracked, target, tracked_mm, jnp.zeros((n,), bool))
-                    return tracked, jax.tree.map(lambda x: jnp.stack([x] * clicks), zero)
-
-                last, more = jax.lax.cond(corrected.any(), correct, keep, None)
+                # Every frame computes the clicks and weighs them by `corrected`: on XLA:CPU that is faster than
+                # a lax.cond that runs them on the corrected frame only (2.7 s against 3.3 s a recipe gradient).
+                last, more = self._clicks(params, pix, hr, target, k, *no_points, tracked, 0, clicks, corrected,
+                                          False)
+                more = jax.tree.map(lambda *x: jnp.stack(x), *more)
                 final = _select(corrected, last, tracked)
             else:
                 final, more = tracked, None
