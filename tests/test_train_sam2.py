@@ -22,7 +22,7 @@ from train.sam2_task import Sam2Task, _tight_boxes  # noqa: E402
 SMALL_CFG = {"data.name": "vitsam_shapes_video/small", "data.image_size": 64, "model.image_size": 64,
              "data.num_frames": 3, "data.eval_num_frames": 4, "data.max_objects": 2, "batch_size": 2,
              "sim.correction_clicks": 1, "sim.correct_frame_prob": 1.0, "log_every": 1, "optim.warmup_steps": 1,
-             "sim.static_steps": 1}
+             "sim.static_steps": 1, "model.memory_attention_layers": 1}
 
 
 def recipe(**changes):

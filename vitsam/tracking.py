@@ -8,10 +8,11 @@ object id 1 by default), `--box F,x0,y0,x1,y1[,obj]` and `--mask F,path[,obj]`; 
 objects are allowed (one box per object and frame). A mask is a single-channel PNG of the video's size: without
 obj its values are object ids, 0 the background (a DAVIS / YouTube-VOS annotation: semi-supervised tracking from
 a first-frame mask); with obj its nonzero pixels are that object's mask (a 0 / 255 PNG as written below). A mask
-is taken as its frame's result, so it cannot be combined with clicks or a box of the same object and frame. Every object is tracked forward from the earliest prompted frame to the last frame and,
-when that frame is not frame 0, backward from it to frame 0, so every frame gets a mask of every object (the
-official predictor's `propagate_in_video` both ways, as its web demo does). Prompts on later frames are
-conditioning frames of their objects: the tracking passes through them and uses them as given.
+is taken as its frame's result, so it cannot be combined with clicks or a box of the same object and frame.
+Every object is tracked forward from the earliest prompted frame to the last frame and, when that frame is not
+frame 0, backward from it to frame 0, so every frame gets a mask of every object (the official predictor's
+`propagate_in_video` both ways, as its web demo does). Prompts on later frames are conditioning frames of their
+objects: the tracking passes through them and uses them as given.
 
 Writes OUT/masks/<obj_id>/<frame:05d>.png (255 inside the mask, 0 outside, at the video's size) and
 OUT/overlay.mp4: every frame with each object's mask in its own colour and outline (objects in the order of
@@ -98,7 +99,8 @@ def parse_prompts(points=(), boxes=(), masks=()) -> dict[int, dict[int, FramePro
                 raise ValueError(f"object {oid} on frame {frame} has a --mask and clicks or a box: a mask is taken as "
                                  f"the frame's result, so give one or the other")
     if not prompts:
-        raise ValueError(f"no prompt: give --point {POINT_FORM}, --box {BOX_FORM} or --mask {MASK_FORM} (repeatable)")
+        raise ValueError(f"no prompt: give --point {POINT_FORM}, --box {BOX_FORM} or --mask {MASK_FORM} "
+                         f"(repeatable)")
     return {frame: dict(sorted(objs.items())) for frame, objs in sorted(prompts.items())}
 
 
