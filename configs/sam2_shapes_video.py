@@ -2,20 +2,22 @@
 default recipe of `train.sam2`.
 
 Run:      python -m train.sam2 --workdir /tmp/sam2_shapes
-Then:     vitsam track CLIP --checkpoint /tmp/sam2_shapes --point 0,X,Y --out tracks/   (a video file or frame folder)
+Then:     vitsam track examples/shapes_clip --checkpoint /tmp/sam2_shapes --mask 0,examples/shapes_clip_mask0.png
+              --gif --out tracks/        (any video file or frame folder; --point F,x,y or --box prompts too)
 Hardware: a 2-core CPU, no accelerator.
 Time:     400 static steps (still clips of 2 frames, ~0.8 s each) then 500 tracking steps (4 clips of 8 frames,
-          up to 3 objects each, ~2.0 s each), two step programs compiled in ~70 s and ~130 s, each eval ~40 s:
-          27 min 46 s for the command (`time`, alone; 2026-12-05, jax 0.10.2, a 2-core AMD EPYC of x86 family
-          25 model 17, Zen 4). On family 26 (Zen 5) the steps take ~0.6 s and ~1.45 s (measured in probes of
-          the same computation), so about 20 min there (estimated, not timed).
+          up to 3 objects each, ~1.95 s each), two step programs compiled in ~70 s and ~160 s, each eval ~40 s:
+          27 min 20 s for the command (`time`, alone; 2026-12-05, jax 0.10.2, a 2-core AMD EPYC of x86 family
+          25 model 17, Zen 4). Family 26 (Zen 5) ran the two-layer recipe's steps in ~0.75 of the time, so
+          about 20 min there (estimated, not timed).
 Result:   J, F and J&F on the 100 test clips (12 frames, every object visible on frame 0), prompted with the
           first-frame mask and with one click on frame 0, after 900 steps (2026-12-05, the Zen 4 machine above):
-          J&F 0.511 (mask) and 0.464 (click); 0.465 / 0.405 at step 450. The memory now carries which object
-          was prompted (the mask beats the click); without the static stage and with one memory-attention layer
-          (700 steps, `--config.sim.static_steps=0 --config.model.memory_attention_layers=1
-          --config.total_steps=700`) the recipe gave 0.478 / 0.477 on family 26, every track segmenting every
-          object. Copying the first-frame mask to every frame gives 0.258. Not yet the goal of 0.75
+          J&F 0.666 (mask) and 0.473 (click), J 0.628 / 0.424, F 0.704 / 0.523; 0.575 / 0.295 at step 450. A
+          second run of the same computation (probes beside it part of the time) gave 0.695 / 0.444: runs differ
+          by a few hundredths from rounding alone. With two memory-attention layers 0.511 / 0.464; without the
+          static stage and with one layer (`--config.sim.static_steps=0 --config.model.memory_attention_layers=1
+          --config.total_steps=700`) 0.478 / 0.477 on family 26, every track segmenting every object. Copying the
+          first-frame mask to every frame gives 0.258. Not yet the goal of 0.75 in 20 minutes
           (docs/experiments.md, "SAM 2 on video shapes", has the measurements and what was tried).
 """
 
