@@ -341,6 +341,28 @@ def test_each_step_trains_in_the_phase_the_task_names_for_it(tmp_path):
     assert [r["phase"] for r in rows] == [1.0, 1.0, 2.0, 1.0, 2.0]
 
 
+@pytest.mark.parametrize("signal_at", [3, 5])
+def test_sigterm_checkpoints_the_step_reached_and_the_same_command_finishes(tmp_path, capsys, signal_at):
+    """SIGTERM while the batch of step `signal_at` is read: that step is taken, checkpointed (at 5 by the periodic
+    save, checkpoint_every=5, which the stop must not repeat) and the run ends cleanly; a rerun goes on from it."""
+    import dataclasses
+
+    class Terminating(fx.SyntheticIterator):
+        def __next__(self):
+            if self.i == signal_at - 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__next__()
+
+    cfg = fx.config(total_steps=7)
+    loop.run(cfg, tmp_path, dataclasses.replace(fx.task(), train_iterator=lambda b: Terminating(b)))
+    assert f"signal {int(signal.SIGTERM)} received" in capsys.readouterr().out
+    assert [r["step"] for r in read(tmp_path)] == list(range(1, signal_at + 1))
+    assert max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == signal_at
+    loop.run(cfg, tmp_path, fx.task())
+    assert f"resumed from step {signal_at}" in capsys.readouterr().out
+    assert [r["step"] for r in read(tmp_path)] == list(range(1, 8))
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     full = loop.run(fx.config(total_steps=6, accum=1), tmp_path / "a", fx.task())
     accum = loop.run(fx.config(total_steps=6, accum=4), tmp_path / "b", fx.task())

@@ -218,8 +218,12 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
     try:
         while step < total:
             if stop["signal"] is not None:
-                say(f"signal {stop['signal']} received: checkpointing step {step} and stopping")
-                ckpt.save(step, state, {"iterator": _encode_state(train_it.get_state())}, force=True)
+                ckpt.wait()
+                if step in ckpt.manager.all_steps():  # saved just now (a periodic save), or the restored step
+                    say(f"signal {stop['signal']} received: step {step} is checkpointed; stopping")
+                else:
+                    say(f"signal {stop['signal']} received: checkpointing step {step} and stopping")
+                    ckpt.save(step, state, {"iterator": _encode_state(train_it.get_state())}, force=True)
                 break
             batch = parallel.shard_batch(next(train_it), mesh)
             phase = None if task.phase is None else task.phase(step)
