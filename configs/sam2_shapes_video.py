@@ -3,7 +3,7 @@ default recipe of `train.sam2`.
 
 Run:      python -m train.sam2 --workdir /tmp/sam2_shapes
 Then:     vitsam track examples/shapes_clip --checkpoint /tmp/sam2_shapes --mask 0,examples/shapes_clip_mask0.png
-              --gif --out tracks/        (any video file or frame folder; --point F,x,y or --box prompts too)
+              --gif --no-video --fps 4 --out tracks/    (the README's example; --point and --box prompts too)
 Hardware: a 2-core CPU, no accelerator.
 Time:     400 static steps (still clips of 2 frames, ~0.8 s each) then 500 tracking steps (4 clips of 8 frames,
           up to 3 objects each, ~1.95 s each), two step programs compiled in ~70 s and ~160 s, each eval ~40 s:
