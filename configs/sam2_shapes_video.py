@@ -13,11 +13,12 @@ Time:     400 static steps (still clips of 2 frames, ~0.8 s each) then 500 track
 Result:   J, F and J&F on the 100 test clips (12 frames, every object visible on frame 0), prompted with the
           first-frame mask and with one click on frame 0, after 900 steps (2026-12-05, the Zen 4 machine above):
           J&F 0.666 (mask) and 0.473 (click), J 0.628 / 0.424, F 0.704 / 0.523; 0.575 / 0.295 at step 450. A
-          second run of the same computation (probes beside it part of the time) gave 0.695 / 0.444: runs differ
-          by a few hundredths from rounding alone. With two memory-attention layers 0.511 / 0.464; without the
-          static stage and with one layer (`--config.sim.static_steps=0 --config.model.memory_attention_layers=1
-          --config.total_steps=700`) 0.478 / 0.477 on family 26, every track segmenting every object. Copying the
-          first-frame mask to every frame gives 0.258. Not yet the goal of 0.75 in 20 minutes
+          second run of the same loss, its floating-point operations in another order (a `lax.cond` since
+          removed), gave 0.695 / 0.444: rounding alone moves the result by a few hundredths. With two
+          memory-attention layers 0.511 / 0.464; without the static stage and with one layer
+          (`--config.sim.static_steps=0 --config.model.memory_attention_layers=1 --config.total_steps=700`)
+          0.478 / 0.477 on family 26, every track segmenting every object. Copying the first-frame mask to
+          every frame gives 0.258. Not yet the goal of 0.75 in 20 minutes
           (docs/experiments.md, "SAM 2 on video shapes", has the measurements and what was tried).
 """
 
