@@ -113,6 +113,7 @@ def test_track_from_masks_takes_them_as_the_frames_result(files, tmp_path, capsy
     ids = np.zeros((H, W), np.uint8)
     ids[12:32, 16:36] = 3      # the red square on frame 1
     ids[36:46, 40:60] = 5
+    ids[32, 16:36] = 255       # DAVIS's void label on the square's edge: background, not an object
     annotation = Image.fromarray(ids).convert("P")  # indexed, as DAVIS stores them
     annotation.save(tmp_path / "ann.png")
     binary = np.zeros((H, W), bool)
@@ -142,7 +143,8 @@ def test_bad_mask_prompts(tmp_path):
         ([], ["a,x.png"], "--mask expects F,path[,obj]"),
         ([], ["-1,x.png"], "the frame index must be a whole number >= 0"),
         ([], [f"0,{tmp_path / 'nope.png'}"], "no file at"),
-        ([], [f"0,{tmp_path / 'rgb.png'}"], "is a RGB image; expected a single-channel"),
+        ([], [f"0,{tmp_path / 'rgb.png'}"], "an annotation must be an indexed-palette or greyscale PNG"),
+        ([], [f"0,{tmp_path / 'rgb.png'},2"], "is a RGB image; expected a single-channel"),
         ([], [f"0,{tmp_path / 'empty.png'}"], "is empty (no nonzero pixel)"),
         ([], [f"0,{tmp_path / 'text.png'}"], "is not an image"),
         ([], [f"0,{tmp_path / 'small.png'}", f"0,{tmp_path / 'small.png'}"], "object 1 already has a mask on frame 0"),

@@ -6,9 +6,10 @@
 Prompts are in video pixels: `--point F,x,y[,label][,obj]` (label 1 foreground, the default, or 0 background;
 object id 1 by default), `--box F,x0,y0,x1,y1[,obj]` and `--mask F,path[,obj]`; several frames and several
 objects are allowed (one box per object and frame). A mask is a single-channel PNG of the video's size: without
-obj its values are object ids, 0 the background (a DAVIS / YouTube-VOS annotation: semi-supervised tracking from
-a first-frame mask); with obj its nonzero pixels are that object's mask (a 0 / 255 PNG as written below). A mask
-is taken as its frame's result, so it cannot be combined with clicks or a box of the same object and frame.
+obj its values are object ids, 0 (and DAVIS's void 255) the background (a DAVIS / YouTube-VOS annotation:
+semi-supervised tracking from a first-frame mask); with obj its nonzero pixels are that object's mask (a 0 / 255
+PNG as written below). A mask is taken as its frame's result, so it cannot be combined with clicks or a box of
+the same object and frame.
 Every object is tracked forward from the earliest prompted frame to the last frame and, when that frame is not
 frame 0, backward from it to frame 0, so every frame gets a mask of every object (the official predictor's
 `propagate_in_video` both ways, as its web demo does). Prompts on later frames are conditioning frames of their
@@ -121,19 +122,27 @@ def _mask_flag(text: str) -> tuple[int, Path, int | None]:
 
 
 def _read_mask_prompt(path: Path, obj_id: int | None, text: str) -> dict[int, np.ndarray]:
-    """A mask PNG -> {obj_id: (H, W) bool}: its id values (obj_id None) or its nonzero pixels as obj_id."""
+    """A mask PNG -> {obj_id: (H, W) bool}: an annotation's object ids (obj_id None; DAVIS's void 255 is
+    background, as `read_label_png` reads it) or its nonzero pixels as obj_id."""
     from PIL import Image, UnidentifiedImageError
+
+    from vitsam.data.video_folders import read_label_png
 
     if not path.is_file():
         raise ValueError(f"--mask {text!r}: no file at {path}")
     try:
-        with Image.open(path) as im:
-            if im.mode not in ("1", "L", "P", "I", "I;16"):
-                raise ValueError(f"--mask {text!r}: {path} is a {im.mode} image; expected a single-channel "
-                                 f"(indexed or grayscale) PNG")
-            values = np.asarray(im)
+        if obj_id is None:
+            values = read_label_png(path)
+        else:
+            with Image.open(path) as im:
+                if im.mode not in ("1", "L", "P", "I", "I;16"):
+                    raise ValueError(f"{path} is a {im.mode} image; expected a single-channel (indexed or "
+                                     f"grayscale) PNG")
+                values = np.asarray(im)
     except UnidentifiedImageError:
         raise ValueError(f"--mask {text!r}: {path} is not an image") from None
+    except ValueError as e:
+        raise ValueError(f"--mask {text!r}: {e}") from None
     if not values.any():
         raise ValueError(f"--mask {text!r}: {path} is empty (no nonzero pixel)")
     if obj_id is not None:
