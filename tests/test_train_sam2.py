@@ -80,8 +80,11 @@ def test_tight_boxes_are_the_mask_boxes():
 
 
 def test_the_static_stage_trains_on_the_first_frame_still_and_mask_prompted(data_dir):
-    """In the static stage the loss is that of the two-frame clip (frame 0, frame 0 again) with every track
-    given its mask, whatever `sim.mask_prob` says and whatever the later frames hold; from then on the clip's."""
+    """In the static stage the loss and gradient are those of the two-frame clip (frame 0, frame 0 again) with every
+    track given its mask, whatever `sim.mask_prob` says and whatever the later frames hold; from then on the
+    clip's. The stage encodes the frame once and skips the point prompts, clicks and corrections; the reference
+    computes the whole still clip: both frames encoded, and the prompts, clicks and corrections with weight 0 (a
+    mask_prob just under 1 still gives every track its mask with this key)."""
     from vitsam.data.sources import open_source
     from vitsam.data.video_clips import make_clip_iterator
     from vitsam.data.video_source import TfdsVideoSource
@@ -98,18 +101,25 @@ def test_the_static_stage_trains_on_the_first_frame_still_and_mask_prompted(data
 
     model = sam2_variant("tiny", image_size=64)
     variables = sam2_init(model, jax.random.PRNGKey(0))
-    sim = {"sim.correction_clicks": 0, "sim.correct_frame_prob": 0.0}
+    params, key = variables["params"], jax.random.PRNGKey(1)
+    sim = {"sim.correction_clicks": 1, "sim.correct_frame_prob": 1.0}
     staged = Sam2Task(recipe(**sim, **{"sim.static_steps": 2, "sim.mask_prob": 0.0}), model, variables["constants"])
-    loss = jax.jit(lambda b, phase: staged.loss_fn(variables["params"], b, jax.random.PRNGKey(1), phase=phase)[0],
-                   static_argnums=1)
+    grad = jax.jit(jax.value_and_grad(lambda p, b: staged.loss_fn(p, b, key, phase="still")[0]))
+    loss = jax.jit(lambda b: staged.loss_fn(params, b, key, phase="clips")[0])
     still = {**batch, "frames": np.repeat(batch["frames"][:, :1], 2, axis=1),
              "masks": np.repeat(batch["masks"][:, :, :1], 2, axis=2)}
-    plain = Sam2Task(recipe(**sim, **{"sim.static_steps": 0, "sim.mask_prob": 1.0}), model, variables["constants"])
-    want = jax.jit(lambda b: plain.loss_fn(variables["params"], b, jax.random.PRNGKey(1))[0])(still)
+    plain = Sam2Task(recipe(**sim, **{"sim.static_steps": 0, "sim.mask_prob": 1.0 - 1e-6}), model,
+                     variables["constants"])
+    assert bool(jax.jit(lambda b: plain.run_clip(params, b, key, train=True)[4].all())(still))
+    want, want_grad = jax.jit(jax.value_and_grad(lambda p, b: plain.loss_fn(p, b, key)[0]))(params, still)
 
-    assert float(loss(batch, "still")) == pytest.approx(float(want), rel=1e-5)
-    assert float(loss(changed, "still")) == pytest.approx(float(want), rel=1e-5)
-    assert float(loss(batch, "clips")) != pytest.approx(float(loss(changed, "clips")), rel=1e-3)
+    got, got_grad = grad(params, batch)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(want_grad))
+    for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-4 * scale)
+    assert float(grad(params, changed)[0]) == pytest.approx(float(want), rel=1e-5)
+    assert float(loss(batch)) != pytest.approx(float(loss(changed)), rel=1e-3)
 
 
 def test_clip_batches(data_dir):

@@ -51,12 +51,10 @@ def _select(cond: jnp.ndarray, a, b):
     return jax.tree.map(lambda x, y: jnp.where(cond.reshape(-1, *([1] * (x.ndim - 1))), x, y), a, b)
 
 
-def still_clips(batch: dict) -> dict:
-    """The clips of the static stage: each clip's first frame twice, with its masks ((B, 2, S, S, 3) frames,
-    (B, O, 2, S, S) masks); the other keys unchanged."""
-    frames, masks = batch["frames"][:, :1], batch["masks"][:, :, :1]
-    return {**batch, "frames": jnp.concatenate([frames, frames], axis=1),
-            "masks": jnp.concatenate([masks, masks], axis=2)}
+def first_frames(batch: dict) -> dict:
+    """Each clip's first frame and its masks ((B, 1, S, S, 3) frames, (B, O, 1, S, S) masks); the other keys
+    unchanged."""
+    return {**batch, "frames": batch["frames"][:, :1], "masks": batch["masks"][:, :, :1]}
 
 
 def _object_bce(score: jnp.ndarray, present: jnp.ndarray) -> jnp.ndarray:
@@ -175,20 +173,28 @@ class Sam2Task:
         offsets = jnp.broadcast_to(dist.astype(jnp.float32), is_cond.shape)
         return mem_valid, tpos.astype(jnp.int32), ptr_valid, offsets
 
-    def run_clip(self, params, batch, key, *, train: bool, prompt: str = "mask", mask_prob: float | None = None):
+    def run_clip(self, params, batch, key, *, train: bool, prompt: str = "mask", mask_prob: float | None = None,
+                 still: bool = False):
         """Prompt frame 0, track frames 1 … T − 1 with the memory bank (gradients flow through the memories, as
         in the official training). Train: the prompt per track is the mask (`sim.mask_prob`) or a point / box
         with `sim.correction_clicks` clicks, and one random frame (probability `sim.correct_frame_prob`) of the
         point-prompted tracks gets clicks too and becomes a conditioning frame; `mask_prob` overrides
         `sim.mask_prob`. Eval: `prompt` "mask" (first-frame mask) or "click" (one click at the mask's most interior
-        pixel), no corrections.
+        pixel), no corrections. `still`: the clip is frame 0 and a copy of it (the static stage), encoded once.
         Returns (per-step loss terms: a list of dicts of (N,) or (T − 1, N)), chosen low-res logits (T, N, L, L),
-        valid (N,), targets (T, N, S, S))."""
+        valid (N,), targets (T, N, S, S), whether each track was mask-prompted (N,), the index in the list of the
+        tracked frames' terms)."""
         sim, m = self.cfg.sim, self.model
-        images, targets, valid = self.prepare(batch)
+        images, targets, valid = self.prepare(first_frames(batch) if still else batch)
         b, o = batch["object_valid"].shape
-        num_frames, n = targets.shape[:2]
         vision, vision_pos, high_res = self.features(params, images, b, o)
+        if still:
+            vision, targets = (jnp.concatenate([x, x]) for x in (vision, targets))
+            high_res = tuple(jnp.concatenate([x, x]) for x in high_res)
+        num_frames, n = targets.shape[:2]
+        p_mask = sim.mask_prob if mask_prob is None else mask_prob
+        # Every track mask-prompted: no point prompt, click or correction counts, so none is computed.
+        points_used = not (p_mask >= 1.0 if train else prompt == "mask")
         k_prompt, k_first, k_click, k_frame, k_track = jax.random.split(key, 5)
 
         # Frame 0: the prompt, then (points) correction clicks.
@@ -196,9 +202,8 @@ class Sam2Task:
         hr0 = tuple(h[0] for h in high_res)
         pix0 = self._call(params, Sam2.no_memory, vision[0])
         given = self._call(params, Sam2.mask_as_output, vision[0], hr0, t0)
-        clicks = sim.correction_clicks if train else 0
+        clicks = sim.correction_clicks if train and points_used else 0
         if train:
-            p_mask = sim.mask_prob if mask_prob is None else mask_prob
             use_mask = jax.random.uniform(k_prompt, (n,)) < p_mask
             pts, labs, is_box = prompts.first_prompt(k_first, t0, _tight_boxes(t0), self.size, sim.box_prob,
                                                      sim.box_noise, sim.box_max_noise)
@@ -210,13 +215,18 @@ class Sam2Task:
             is_box = jnp.zeros((n,), bool)
         points = jnp.concatenate([pts, jnp.zeros((n, clicks, 2), jnp.float32)], axis=1)
         labels = jnp.concatenate([labs, jnp.full((n, clicks), -1, jnp.int32)], axis=1)
-        multimask = ~is_box
-        first = self._call(params, Sam2.sam_heads_train, pix0, hr0, points, labels, None, multimask)
         prompted = valid & ~use_mask
-        steps = [self._step_loss(params, first, t0, multimask, prompted)]
-        last, more = self._clicks(params, pix0, hr0, t0, k_click, points, labels, first, 2, clicks, prompted, True)
-        steps += more
-        out0 = _select(use_mask, given, last)
+        steps = []
+        if points_used:
+            multimask = ~is_box
+            first = self._call(params, Sam2.sam_heads_train, pix0, hr0, points, labels, None, multimask)
+            steps.append(self._step_loss(params, first, t0, multimask, prompted))
+            last, more = self._clicks(params, pix0, hr0, t0, k_click, points, labels, first, 2, clicks, prompted,
+                                      True)
+            steps += more
+            out0 = _select(use_mask, given, last)
+        else:
+            out0 = given
         mem0 = self._call(params, Sam2.encode_memory, vision[0],
                           self._call(params, Sam2.upscale_masks, out0.masks), out0.object_score, True)
 
@@ -264,32 +274,34 @@ class Sam2Task:
         xs = (jnp.arange(1, num_frames), vision[1:], tuple(x[1:] for x in high_res), targets[1:], keys)
         _, (tracked_steps, corr_steps, masks) = jax.lax.scan(frame_step, (mem_bank, ptr_bank, is_cond), xs,
                                                              unroll=(num_frames - 1) if num_frames <= MAX_UNROLL else 1)
+        tracked_index = len(steps)
         steps.append(tracked_steps)
         if corr_steps is not None:
             steps.append(corr_steps)
         masks = jnp.concatenate([out0.masks[None], masks], axis=0)
-        return steps, masks, valid, targets, use_mask
+        return steps, masks, valid, targets, use_mask, tracked_index
 
     # -- loss and eval
 
     def loss_fn(self, params, batch, rng, constants=None, phase=None):
         """The loss of one batch of clips. `phase` "still" (the static stage, the first `sim.static_steps` steps):
-        that of the still clips (`still_clips`) with every track prompted by its mask: with nothing moving, the
-        memory attention learns to carry the prompted object from the conditioning frame before the clips ask it
-        to follow motion."""
+        that of the still clips (each clip's first frame and a copy of it, with its masks) with every track
+        prompted by its mask: with nothing moving, the memory attention learns to carry the prompted object from
+        the conditioning frame before the clips ask it to follow motion."""
         if constants is not None:
             return self._with(constants).loss_fn(params, batch, rng, phase=phase)
         if phase == "still":
-            return self._clip_loss(params, still_clips(batch), rng, mask_prob=1.0)
+            return self._clip_loss(params, batch, rng, mask_prob=1.0, still=True)
         return self._clip_loss(params, batch, rng)
 
-    def _clip_loss(self, params, batch, rng, mask_prob=None):
-        steps, masks, valid, targets, _ = self.run_clip(params, batch, rng, train=True, mask_prob=mask_prob)
+    def _clip_loss(self, params, batch, rng, mask_prob=None, still=False):
+        steps, masks, valid, targets, _, tracked_index = self.run_clip(params, batch, rng, train=True,
+                                                                       mask_prob=mask_prob, still=still)
         flat = {k: jnp.concatenate([s[k].reshape(-1) for s in steps]) for k in steps[0]}
         mask_loss = _masked_mean(flat["mask_loss"], flat["mask_w"])
         object_loss = _masked_mean(flat["object_bce"], flat["w"])
         loss = mask_loss + self.cfg.loss.object_weight * object_loss
-        track = steps[len(steps) - 2] if self.cfg.sim.correction_clicks else steps[-1]
+        track = steps[tracked_index]
         metrics = {"mask_loss": mask_loss, "object_bce": object_loss,
                    "focal": _masked_mean(flat["focal"], flat["mask_w"]),
                    "dice": _masked_mean(flat["dice"], flat["mask_w"]),
@@ -307,8 +319,8 @@ class Sam2Task:
         b, o = batch["object_valid"].shape
         out = {}
         for prompt in self.cfg.eval.prompts:
-            _, masks, valid, targets, _ = self.run_clip(params, batch, jax.random.PRNGKey(0), train=False,
-                                                        prompt=prompt)
+            _, masks, valid, targets, _, _ = self.run_clip(params, batch, jax.random.PRNGKey(0), train=False,
+                                                           prompt=prompt)
             t, n = masks.shape[:2]
             logits = self._call(params, Sam2.upscale_masks, masks.reshape(t * n, *masks.shape[2:]))
             pred = (logits > 0).reshape(t, n, self.size, self.size)
