@@ -13,9 +13,10 @@ Result:   J, F and J&F on the 100 test clips (12 frames, every object visible on
           first-frame mask and with one click on frame 0, after 900 steps (2026-12-05, the Zen 4 machine above):
           J&F 0.800 (mask) and 0.387 (click), J 0.766 / 0.323, F 0.833 / 0.451. The same settings given as
           overrides before they were the recipe gave the same figures in 18 min 35 s (the same program on the
-          same machine computes the same). Another seed falls short: `--config.seed=1` gives 0.651 / 0.322 in
-          18 min 59 s (its still stage learns more slowly: tracked IoU 0.64 against 0.75 at step 700), and with
-          850 still then 150 tracking steps 0.689 in 18 min 37 s. The click figure fell: the still clips are
+          same machine computes the same). Other seeds fall short: `--config.seed=1` gives 0.651 / 0.322 in
+          18 min 59 s, `--config.seed=2` 0.694 / 0.383 in 19 min 10 s (their still stages learn more slowly:
+          tracked IoU 0.64 and 0.68 against 0.75 at step 700); seed 1 with 850 still then 150 tracking steps
+          0.689 in 18 min 37 s. The click figure fell: the still clips are
           mask-prompted, and fewer tracking steps train the point-prompted tracks (400 static then 500 tracking
           steps: 0.666 with the mask, 0.473 with a click, in 27 min 20 s). Copying the first-frame mask to every
           frame gives 0.258 (docs/experiments.md, "SAM 2 on video shapes", has the measurements and what was
