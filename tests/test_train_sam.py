@@ -68,6 +68,7 @@ def records(workdir, split):
     return [r for r in rows if r["split"] == split]
 
 
+@pytest.mark.trainers
 def test_trains_evaluates_resumes_exactly_after_sigkill_and_loads_as_a_model(tmp_path, data_dir):
     total = 12
     args = [f"--config.data.data_dir={data_dir}", f"--config.total_steps={total}", "--config.checkpoint_every=4",
@@ -126,6 +127,7 @@ def test_trains_evaluates_resumes_exactly_after_sigkill_and_loads_as_a_model(tmp
     assert logits.shape == (1, 1, 16, 16) and np.isfinite(np.asarray(logits)).all()
 
 
+@pytest.mark.trainers
 def test_frozen_encoder_with_layer_decay_and_drop_path_trains_only_the_decoder(tmp_path, data_dir):
     from train import sam as ts
 
@@ -156,6 +158,7 @@ def test_frozen_encoder_with_layer_decay_and_drop_path_trains_only_the_decoder(t
     assert n_moments < 2 * n_trainable + 100
 
 
+@pytest.mark.trainers
 def test_eval_reports_the_mask_after_each_click(data_dir):
     """miou_2clicks is the IoU after the second click, rebuilt here step by step from the model's own calls."""
     from train import sam as ts
