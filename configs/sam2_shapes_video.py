@@ -16,11 +16,10 @@ Result:   J, F and J&F on the 100 test clips (12 frames, every object visible on
           same machine computes the same). Other seeds fall short: `--config.seed=1` gives 0.651 / 0.322 in
           18 min 59 s, `--config.seed=2` 0.694 / 0.383 in 19 min 10 s (their still stages learn more slowly:
           tracked IoU 0.64 and 0.68 against 0.75 at step 700); seed 1 with 850 still then 150 tracking steps
-          0.689 in 18 min 37 s. The click figure fell: the still clips are
-          mask-prompted, and fewer tracking steps train the point-prompted tracks (400 static then 500 tracking
-          steps: 0.666 with the mask, 0.473 with a click, in 27 min 20 s). Copying the first-frame mask to every
-          frame gives 0.258 (docs/experiments.md, "SAM 2 on video shapes", has the measurements and what was
-          tried).
+          0.689 in 18 min 37 s. The click figure fell: the still clips are mask-prompted, and fewer tracking
+          steps train the point-prompted tracks (400 static then 500 tracking steps: 0.666 with the mask, 0.473
+          with a click, in 27 min 20 s). Copying the first-frame mask to every frame gives 0.258
+          (docs/experiments.md, "SAM 2 on video shapes", has the measurements and what was tried).
 """
 
 import ml_collections
@@ -32,7 +31,7 @@ def get_config():
     c.batch_size = 4            # clips per step (global); each brings up to data.max_objects object tracks
     c.total_steps = 900
     c.log_every = 25
-    c.eval_every = 900         # the last step only (an eval of the 100 test clips takes ~40 s)
+    c.eval_every = 900          # at total_steps only (an eval of the 100 test clips takes ~65 s)
     c.checkpoint_every = 250
     c.keep_checkpoints = 3
     c.init_from = ""            # fine-tune from a SAM 2 checkpoint: an official sam2.1_*.pt, a `vitsam convert`
