@@ -96,6 +96,7 @@ def get_config():
     # steps cost a third of tracking steps: 450 of them alone give J&F 0.686 on the moving test clips, 700 then
     # 200 tracking steps 0.80 (400 then 500: 0.666). Set 0 when fine-tuning a trained SAM 2.
     c.sim.static_steps = 700
+    c.sim.static_batch_size = ml_collections.config_dict.placeholder(int)   # clips per still step (None: batch_size)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.focal_weight = 20.0

@@ -3,6 +3,7 @@ decay mask."""
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -339,6 +340,47 @@ def test_each_step_trains_in_the_phase_the_task_names_for_it(tmp_path):
     rows = read(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert [r["phase"] for r in rows] == [1.0, 1.0, 2.0, 1.0, 2.0]
+
+
+def test_a_phase_with_its_own_batch_reads_the_stream_in_order_and_resumes_where_it_was(tmp_path):
+    """`Task.phase_batch`: steps of phase "a" train on 4 examples, the others on the config's 8; the iterator reads
+    gcd(8, 4) = 4 at a time, so stream positions 0-3, 4-7, 8-15, ... follow one another across the phases and
+    across a resume."""
+    import dataclasses
+
+    class Positions(fx.SyntheticIterator):
+        def __next__(self):
+            first = self.i * self.batch_size
+            return {**super().__next__(), "pos": np.arange(first, first + self.batch_size, dtype=np.float32)}
+
+    base = fx.task()
+
+    def loss_fn(params, batch, rng, phase):
+        loss, aux = base.loss_fn(params, batch, rng)
+        return loss, {**aux, "first": batch["pos"].min(), "last": batch["pos"].max(),
+                      "rows": jnp.float32(batch["pos"].shape[0])}
+
+    task = dataclasses.replace(base, loss_fn=loss_fn, train_iterator=Positions, phase_batch={"a": 4},
+                               phase=lambda step: "a" if step < 2 else "b")
+    loop.run(fx.config(total_steps=3, batch_size=8), tmp_path, task)
+    loop.run(fx.config(total_steps=5, batch_size=8), tmp_path, task)
+    rows = read(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [(r["first"], r["last"], r["rows"]) for r in rows] == [
+        (0, 3, 4), (4, 7, 4), (8, 15, 8), (16, 23, 8), (24, 31, 8)]
+
+
+@pytest.mark.parametrize("phase_batch, message", [
+    ({"a": 0}, "the batch of phase 'a' must be at least 1, got 0"),
+    ({"a": 3}, "grad_accum_steps=2 must divide the per-device batch of phase 'a', 3"),
+])
+def test_a_phase_batch_that_cannot_be_split_is_refused_before_anything_runs(tmp_path, phase_batch, message):
+    import dataclasses
+
+    task = dataclasses.replace(fx.task(), phase_batch=phase_batch, phase=lambda step: "a")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        loop.run(fx.config(total_steps=2, batch_size=8, accum=2), tmp_path, task)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
 @pytest.mark.parametrize("signal_at", [3, 5])

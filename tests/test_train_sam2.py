@@ -238,6 +238,7 @@ def test_bad_input_is_one_line(tmp_path, data_dir):
         "eval_only": ({"eval_only": True}, "eval_only evaluates the checkpoint in init_from, which is empty"),
         "prob": ({"sim.mask_prob": 1.5}, "sim.mask_prob must be in [0, 1]"),
         "static": ({"sim.static_steps": -1}, "sim.static_steps must not be negative, got -1"),
+        "static_batch": ({"sim.static_batch_size": 0}, "sim.static_batch_size must be at least 1"),
         "prompts": ({"eval.prompts": ("box",)}, "eval.prompts must be some of"),
     }
     # Every case through `train.sam2.train` in one process (each would cost a process start on the command line)

@@ -100,6 +100,13 @@ def _decode_state(data: dict):
     return base64.b64decode(data["bytes"]) if "bytes" in data else data["json"]
 
 
+def _read(train_it, n: int) -> dict:
+    """The next `n` batches of `train_it` as one: each array concatenated along its first axis."""
+    if n == 1:
+        return next(train_it)
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *[next(train_it) for _ in range(n)])
+
+
 def make_eval_step(task: Task):
     """(params, batch) -> (weighted sums, sums of weights) per metric, and the count of real examples."""
 
@@ -158,11 +165,12 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
     say = status if is_main else (lambda message: None)
     setup_ = setup(cfg, task)
     mesh, shardings, local_batch = setup_.mesh, setup_.shardings, setup_.local_batch
+    read_batch = task.read_batch(cfg.batch_size)
     total = int(cfg.total_steps)
     init_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))[0]
 
     ckpt = Checkpointer(workdir / "checkpoints", every=cfg.checkpoint_every, keep=cfg.keep_checkpoints)
-    train_it = task.train_iterator(local_batch)
+    train_it = task.train_iterator(setup_.local_read)
     restored = ckpt.restore_latest(setup_.abstract)
     if restored is not None:
         step, state, data = restored
@@ -212,7 +220,7 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
     last_eval: dict = {}
     pending: list = []
     compiled: set = set()   # the phases whose step program has run (`Task.phase`)
-    window_start, window_steps = time.perf_counter(), 0
+    window_start, window_examples = time.perf_counter(), 0
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not is_main, dynamic_ncols=True,
                mininterval=1.0, file=sys.stderr)
     try:
@@ -225,8 +233,9 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
                     say(f"signal {stop['signal']} received: checkpointing step {step} and stopping")
                     ckpt.save(step, state, {"iterator": _encode_state(train_it.get_state())}, force=True)
                 break
-            batch = parallel.shard_batch(next(train_it), mesh)
             phase = None if task.phase is None else task.phase(step)
+            step_batch = task.step_batch(cfg.batch_size, phase)
+            batch = parallel.shard_batch(_read(train_it, step_batch // read_batch), mesh)
             if phase not in compiled:
                 t0 = time.perf_counter()
                 state, metrics = train_step(state, batch, phase)
@@ -234,11 +243,11 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
                 what = "the first step" if phase is None else f"the first step of phase {phase!r}"
                 say(f"compiled and ran {what} in {time.perf_counter() - t0:.1f}s")
                 compiled.add(phase)
-                window_start, window_steps = time.perf_counter(), 0
+                window_start, window_examples = time.perf_counter(), 0
             else:
                 state, metrics = train_step(state, batch, phase)
             step += 1
-            window_steps += 1
+            window_examples += step_batch
             pending.append(metrics)
             bar.update(1)
 
@@ -252,19 +261,19 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
                     dt = time.perf_counter() - window_start
                     record = {"step": step, "split": "train",
                               **{k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]},
-                              "images_per_s": window_steps * cfg.batch_size / max(dt, 1e-9)}
+                              "images_per_s": window_examples / max(dt, 1e-9)}
                     record["lr"] = float(fetched[-1]["lr"])
                     log.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                     img_s=f"{record['images_per_s']:.0f}")
-                    window_start, window_steps = time.perf_counter(), 0
+                    window_start, window_examples = time.perf_counter(), 0
             if eval_now:
                 last_eval = evaluate(eval_step, state.params, task, local_batch, mesh,
                                      None if task.constants is None else state.constants)
                 log.write({"step": step, "split": "eval", **last_eval})
                 if is_main:
                     bar.write(f"step {step}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-                window_start, window_steps = time.perf_counter(), 0
+                window_start, window_examples = time.perf_counter(), 0
             if save_now:
                 ckpt.save(step, state, {"iterator": _encode_state(train_it.get_state())}, force=step == total)
     finally:

@@ -95,6 +95,8 @@ def _check_config(cfg) -> None:
     for name in ("correction_clicks", "static_steps"):
         if s[name] < 0:
             raise ValueError(f"sim.{name} must not be negative, got {s[name]}")
+    if s.static_batch_size is not None and s.static_batch_size < 1:
+        raise ValueError(f"sim.static_batch_size must be at least 1 (or None: batch_size), got {s.static_batch_size}")
     bad = [p for p in cfg.eval.prompts if p not in PROMPTS]
     if bad or not cfg.eval.prompts:
         raise ValueError(f"eval.prompts must be some of {PROMPTS}, got {tuple(cfg.eval.prompts)}")
@@ -179,6 +181,8 @@ def sam2_task(cfg, model, train_source, eval_source, initial_variables=None) -> 
         trainable=(lambda path: path[0] not in frozen) if cfg.freeze_image_encoder else None,
         batch_spec=batch_spec,
         phase=(lambda step: "still" if step < cfg.sim.static_steps else "clips") if cfg.sim.static_steps else None,
+        phase_batch={"still": cfg.sim.static_batch_size} if cfg.sim.static_steps and cfg.sim.static_batch_size
+        else None,
     )
 
 

@@ -6,6 +6,7 @@ and a compile-only plan (`train.plan`) share it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Hashable, Iterable, Iterator
 
 import flax
@@ -51,6 +52,10 @@ class Task:
     phase(step) -> a hashable value, for a curriculum (e.g. `train.sam2`'s static stage): loss_fn receives the
     value of the step being taken (0 for the first) as a keyword `phase=`, fixed at trace time, and each value
     compiles a step program of its own. None: loss_fn gets no `phase`.
+    phase_batch: {phase: global batch} for phases whose steps train on another batch than `cfg.batch_size` (e.g.
+    the cheap still steps of `train.sam2` on fewer clips). `train_iterator` then reads batches of the greatest
+    common divisor of these and `cfg.batch_size`, and a step concatenates as many as its batch needs, so the data
+    stream is read in order and resumes exactly. None: every step trains on `cfg.batch_size`.
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -64,6 +69,15 @@ class Task:
     lr_scale: Callable[[tuple[str, ...]], float] | None = None
     batch_spec: Callable[[int], dict] | None = None
     phase: Callable[[int], Hashable] | None = None
+    phase_batch: dict[Hashable, int] | None = None
+
+    def step_batch(self, global_batch: int, phase: Hashable) -> int:
+        """The global batch a step of `phase` trains on (`global_batch`: the config's)."""
+        return global_batch if not self.phase_batch else int(self.phase_batch.get(phase, global_batch))
+
+    def read_batch(self, global_batch: int) -> int:
+        """The global batch of one `train_iterator` read."""
+        return math.gcd(int(global_batch), *map(int, (self.phase_batch or {}).values()))
 
 
 def _microbatches(batch: dict, n: int) -> dict:
@@ -154,7 +168,8 @@ class Setup:
     shardings: Any            # TrainState of NamedShardings
     batch_sharding: Any
     train_step: Callable      # jitted (state, batch, phase) -> (state, metrics); state donated, phase static
-    local_batch: int
+    local_batch: int          # per process: of the eval iterator, and of a step without `Task.phase_batch`
+    local_read: int           # per process: of one train_iterator read (`Task.read_batch`)
 
 
 def setup(cfg, task: Task, devices=None) -> Setup:
@@ -165,9 +180,18 @@ def setup(cfg, task: Task, devices=None) -> Setup:
     mesh = make_mesh(cfg, devices)
     local_batch = parallel.check_global_batch(cfg.batch_size, mesh)
     accum = int(cfg.optim.grad_accum_steps)
-    per_split = cfg.batch_size // parallel.batch_split(mesh)
-    if accum < 1 or per_split % accum:
-        raise ValueError(f"grad_accum_steps={accum} must divide the per-device batch {per_split}")
+    for phase, batch in {None: cfg.batch_size, **(task.phase_batch or {})}.items():
+        where = "" if phase is None else f" of phase {phase!r}"
+        if int(batch) < 1:
+            raise ValueError(f"the batch{where} must be at least 1, got {batch}")
+        try:
+            parallel.check_global_batch(int(batch), mesh)
+        except ValueError as e:
+            raise ValueError(f"{e}{where}") from None
+        per_split = int(batch) // parallel.batch_split(mesh)
+        if accum < 1 or per_split % accum:
+            raise ValueError(f"grad_accum_steps={accum} must divide the per-device batch{where}, {per_split}")
+    local_read = parallel.check_global_batch(task.read_batch(cfg.batch_size), mesh)
     tx, schedule = make_optimizer(cfg.optim, int(cfg.total_steps), trainable=task.trainable,
                                   lr_scale=task.lr_scale)
     constants = {} if task.constants is None else task.constants
@@ -189,7 +213,8 @@ def setup(cfg, task: Task, devices=None) -> Setup:
     train_step = jax.jit(make_train_step(task, tx, schedule, accum, step_rng),
                          in_shardings=(shardings, batch_sharding), out_shardings=(shardings, rep), donate_argnums=0,
                          static_argnums=2)
-    return Setup(mesh, tx, schedule, init, abstract, shardings, batch_sharding, train_step, local_batch)
+    return Setup(mesh, tx, schedule, init, abstract, shardings, batch_sharding, train_step, local_batch,
+                 local_read)
 
 
 def model_overrides(model_cfg) -> dict:
