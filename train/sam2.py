@@ -26,7 +26,8 @@ SAM 2 paper trains (`train.sam2_task`):
      + IoU-MSE on the mask (at the input resolution, where the object is present) and the object-score
      cross-entropy (present or not).
 The first `sim.static_steps` steps (the static stage) train on still clips instead: each clip's first frame and a
-copy of it, every track prompted with its mask (the frame encoded once, no point prompt or click computed).
+copy of it, every track prompted with its mask (the frame encoded once, no point prompt or click computed),
+`sim.static_batch_size` clips a step (None: batch_size).
 Eval: J (region IoU), F (boundary F-measure, `vitsam.video_metrics`) and J&F per object, over the frames between
 the prompted first frame and the last (as the DAVIS evaluation), with the first-frame mask and with one click.
 """
