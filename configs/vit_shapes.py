@@ -6,10 +6,10 @@ Hardware: a 2-core CPU, no accelerator.
 Time:     2 min 59 s for the whole command, 2,000 steps at ~1,530 images/s (2026-12-04, jax 0.10.2, a 2-core
           AMD EPYC of x86 family 26 (Zen 5, AVX-512), the CPU otherwise idle, the dataset already prepared:
           preparing it the first time takes ~25 s more). 4 min 33 s on a 2-core AMD EPYC of family 25 model 17
-          (Zen 4), 2026-12-05. On the slowest 2-core class seen (family 25 with AVX2 only, Zen 3) the previous
-          recipe's steps took 2.06x as long as on family 26, so about 6 min 10 s there (estimated, not measured).
+          (Zen 4), 2026-12-05. 7 min 32 s on the slowest 2-core class seen, family 25 model 1 (Zen 3, AVX2
+          only), 2026-12-06 (seeds 1 and 2 there: 8 min 45 s and 8 min 15 s).
 Result:   95.9% top-1 on the test split (1,000 images), 2026-12-04; seeds 1 and 2 give 96.5% and 96.2%; 95.8%
-          on the Zen 4 machine.
+          on the Zen 4 machine; 95.6%, 95.3% and 95.9% (seeds 0, 1, 2) on the Zen 3 machine.
 The curve, how the recipe got there and what was tried: docs/experiments.md.
 """
 
