@@ -1,5 +1,5 @@
-"""Test-session setup: one persistent XLA compilation cache shared by the test process and the trainer
-subprocesses the end-to-end tests start.
+"""Test-session setup: one persistent XLA compilation cache shared by the test processes (pytest-xdist's workers
+inherit it from the process that starts them) and the trainer subprocesses the end-to-end tests start.
 
 The resume tests run the same trainer command up to three times (a reference run, a run killed with SIGKILL,
 the resumed run); with the cache the later runs load the compiled steps instead of compiling them again.
