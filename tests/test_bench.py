@@ -465,6 +465,31 @@ def test_rounds_alternate_and_the_medians_and_spread_are_numpys(monkeypatch):
     assert f"| {ratio:.2f}× (timm) | {ratio / 2:.2f}× (timm tuned) |" in table[2]
 
 
+def test_xla_flags_rows_run_vitsam_with_the_flags_appended(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    record = dict(model="vit:fake", mode="forward", batch=2, dtype="float32", unit="images", flops=1e9)
+    cases = [bench.Case(dict(record, framework="vitsam", impl="vitsam/einsum", kernel="einsum"), None),
+             bench.Case(dict(record, framework="torch", impl="timm", kernel=None), None)]
+    seen = []
+
+    def launch(spec, env):
+        seen.append((spec["impl"], env.get("XLA_FLAGS")))
+        return dict(cases[spec["index"]].record, times_s=[0.1, 0.2, 0.3], compile_s=1.0, device="cpu")
+
+    extra = "--xla_cpu_experimental_ynn_fusion_type="
+    recs = bench.run_group_in_processes(dict(spec="vit:fake"), cases, warmup=0, iters=3, rounds=2, peak=None,
+                                        xla_flags=extra, launch=launch)
+    both = f"--xla_cpu_enable_fast_math=false {extra}"
+    assert seen == [("vitsam/einsum", "--xla_cpu_enable_fast_math=false"), ("vitsam/einsum", both),
+                    ("timm", "--xla_cpu_enable_fast_math=false"),
+                    ("timm", "--xla_cpu_enable_fast_math=false"), ("vitsam/einsum", both),
+                    ("vitsam/einsum", "--xla_cpu_enable_fast_math=false")]
+    assert [(r["impl"], r["setting"], r.get("xla_flags")) for r in recs] == [
+        ("vitsam/einsum", "default", None), ("vitsam/einsum +flags", "xla_flags", extra), ("timm", "default", None)]
+    assert recs[1]["step_s"] == pytest.approx(0.2)
+    assert bench.worker_env(base={}, xla_flags=extra)["XLA_FLAGS"] == extra
+
+
 def test_process_mode_flags_are_clear_errors(capsys):
     for argv, message in (
             (["--torch", "--repeats", "2"], "in own processes use --rounds"),
@@ -472,7 +497,10 @@ def test_process_mode_flags_are_clear_errors(capsys):
             (["--same-process", "--rounds", "2"], "in one process use --repeats"),
             (["--same-process", "--torch", "--peer-tuned"], "--peer-tuned needs each contender in its own process"),
             (["--peer-tuned"], "--peer-tuned adds rows of the PyTorch peers at a tuned setting: add --torch"),
-            (["--no-same-process", "--rounds", "0"], "--rounds must be at least 1, got 0")):
+            (["--no-same-process", "--rounds", "0"], "--rounds must be at least 1, got 0"),
+            (["--same-process", "--xla-flags=--xla_cpu_use_onednn=true"],
+             "--xla-flags needs each contender in its own process"),
+            (["--no-same-process", "--xla-flags", "use_onednn"], "--xla-flags expects XLA flags such as")):
         assert cli.main(["bench", "--model", "vit:Ti/16", *argv]) == 2, argv
         assert message in capsys.readouterr().err, argv
 

@@ -43,6 +43,9 @@ def add_arguments(p) -> None:
     p.add_argument("--peer-tuned", action="store_true",
                    help="own processes: also time each PyTorch peer at the setting of PyTorch's CPU tuning guide "
                         "(intra-op threads = physical cores), in rows of its own compared in a column apart")
+    p.add_argument("--xla-flags", metavar="FLAGS",
+                   help="own processes: also time each vitsam case with FLAGS appended to XLA_FLAGS, in rows of its "
+                        "own marked +flags (e.g. the CPU settings in benchmarks/README.md)")
     p.add_argument("--threads", type=int,
                    help="PyTorch intra-op threads (default: own processes PyTorch's own default; --same-process the "
                         "usable cores, as XLA uses)")
@@ -97,6 +100,12 @@ def _check_process_flags(args, own: bool) -> None:
     if not own and args.rounds is not None:
         raise ValueError("--rounds counts own-process rounds (the default with --torch on CPU, else "
                          "--no-same-process); in one process use --repeats")
+    if not own and args.xla_flags:
+        raise ValueError("--xla-flags needs each contender in its own process (XLA reads its flags once per "
+                         "process; the default with --torch on CPU, else --no-same-process)")
+    if args.xla_flags is not None and not args.xla_flags.strip().startswith("--"):
+        raise ValueError(f"--xla-flags expects XLA flags such as --xla_cpu_use_thunk_runtime=true, "
+                         f"got {args.xla_flags!r}")
     if not own and args.peer_tuned:
         raise ValueError("--peer-tuned needs each contender in its own process (the default with --torch on CPU, "
                          "else --no-same-process)")
@@ -122,6 +131,8 @@ def _command_line(args, models: Sequence[str]) -> str:
         parts.append("--same-process" if args.same_process else "--no-same-process")
     if args.peer_tuned:
         parts.append("--peer-tuned")
+    if args.xla_flags:
+        parts += ["--xla-flags", args.xla_flags]
     if args.interleave is not None:
         parts.append("--interleave" if args.interleave else "--no-interleave")
     for flag, value in (("--threads", args.threads), ("--peak-tflops", args.peak_tflops), ("--out", args.out)):
@@ -169,6 +180,8 @@ def run_cli(args) -> int:
         require_torch(args.threads, configure=not own)
     env = environment(_command_line(args, models))
     env["processes"] = "own" if own else "same"
+    if args.xla_flags:
+        env["xla_flags_extra"] = args.xla_flags
     if own:
         removed = [k for k in THREAD_ENV_VARS if k in os.environ]
         env.update(rounds=args.rounds, threads=args.threads, thread_env_removed=removed)
@@ -187,6 +200,7 @@ def run_cli(args) -> int:
                              generator_options=generator_options,
                              peak=peak, matmul_tflops_ref=matmul_ref, interleave=args.interleave,
                              own_process=own, rounds=args.rounds, threads=args.threads, peer_tuned=args.peer_tuned,
+                             xla_flags=args.xla_flags,
                              log=lambda line: print(line, flush=True))
     peer_threads = [r["torch_threads"] for r in records
                     if r.get("framework") == "torch" and r.get("setting") == "default" and "torch_threads" in r]

@@ -55,13 +55,16 @@ def round_orders(contenders: int, rounds: int) -> list[list[int]]:
     return [forward if r % 2 == 0 else forward[::-1] for r in range(rounds)]
 
 
-def worker_env(threads: int | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def worker_env(threads: int | None = None, base: Mapping[str, str] | None = None,
+               xla_flags: str | None = None) -> dict[str, str]:
     """The environment of a worker: `base` (default `os.environ`) without `THREAD_ENV_VARS`; with `threads`,
-    OMP_NUM_THREADS and MKL_NUM_THREADS set to it. PYTHONPATH starts with the folder holding this vitsam, so
-    that the worker runs the parent's code."""
+    OMP_NUM_THREADS and MKL_NUM_THREADS set to it; with `xla_flags`, those appended to XLA_FLAGS. PYTHONPATH
+    starts with the folder holding this vitsam, so that the worker runs the parent's code."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in THREAD_ENV_VARS}
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    if xla_flags:
+        env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), xla_flags) if f.strip())
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return env
@@ -114,20 +117,21 @@ def run_worker(spec: dict, env: dict[str, str]) -> dict:
 
 def merge_rounds(record: dict, rounds: Sequence[dict], iters: int, *, setting: str = "default",
                  threads: int | None = None, peak: float | None | str = "device",
-                 matmul_ref: dict[str, float] | None = None) -> dict:
+                 matmul_ref: dict[str, float] | None = None, xla_flags: str | None = None) -> dict:
     """One contender's record from its rounds' worker records (each `iters` timed calls): the last round's
     info, `times_s` all timed calls in round order, `step_s` their median, `round_medians_s` and
     `round_spread_s` [min, max] of the rounds' medians (`harness.finalize_record`), `compile_s` the median of
     the rounds' (each process compiles anew), `phases_s` the median of the rounds' medians. The first failed
-    round makes the record an `error`. `setting` "tuned" appends " tuned" to the impl and records `threads`."""
+    round makes the record an `error`. `setting` "tuned" appends " tuned" to the impl and records `threads`;
+    "xla_flags" (vitsam with extra XLA flags) appends " +flags" and records `xla_flags`."""
     rec = dict(record, process="own", rounds=len(rounds), setting=setting)
     if not rounds:
         rec["error"] = "no rounds run"
-        return _label(rec, setting, threads)
+        return _label(rec, setting, threads, xla_flags)
     for k, r in enumerate(rounds, 1):
         if "error" in r or "skipped" in r or not r.get("times_s"):
             rec["error"] = f"round {k}: {r.get('error') or r.get('skipped') or 'no timed calls'}"
-            return _label(rec, setting, threads)
+            return _label(rec, setting, threads, xla_flags)
     rec.update(rounds[-1])
     rec["times_s"] = [t for r in rounds for t in r["times_s"]]
     compiles = [r["compile_s"] for r in rounds if r.get("compile_s") is not None]
@@ -137,25 +141,29 @@ def merge_rounds(record: dict, rounds: Sequence[dict], iters: int, *, setting: s
         rec["phases_s"] = {name: statistics.median(r["phases_s"][name] for r in rounds)
                            for name in rounds[-1]["phases_s"]}
     finalize_record(rec, iters, peak, matmul_ref)
-    return _label(rec, setting, threads)
+    return _label(rec, setting, threads, xla_flags)
 
 
-def _label(rec: dict, setting: str, threads: int | None) -> dict:
+def _label(rec: dict, setting: str, threads: int | None, xla_flags: str | None = None) -> dict:
     rec["setting"] = setting
     if setting == "tuned":
         rec.update(impl=f"{rec['impl']} tuned", tuned_threads=threads)
+    if setting == "xla_flags":
+        rec.update(impl=f"{rec['impl']} +flags", xla_flags=xla_flags)
     return rec
 
 
 def run_group_in_processes(group: dict, cases: Sequence[Case], *, warmup: int = 2, iters: int = 5, rounds: int = 3,
-                           threads: int | None = None, peer_tuned: bool = False, peak: float | None | str = "device",
+                           threads: int | None = None, peer_tuned: bool = False, xla_flags: str | None = None,
+                           peak: float | None | str = "device",
                            matmul_tflops_ref: dict[str, float] | None = None, log: Callable[[str], None] | None = None,
                            launch: Callable[[dict, dict], dict] = run_worker) -> list[dict]:
     """Time the `cases` of one group (`sweeps.sweep_cases(**group)`) each in its own processes: `rounds`
     rounds, each a fresh worker per contender (`launch(worker_spec, worker_env)`, default `run_worker`) in the
     order `round_orders` gives; a contender whose round failed runs no further rounds. `threads`: the PyTorch
     peers' intra-op threads (default: theirs);
-    `peer_tuned`: each peer also at `tuned_threads`, as a separate record after its default one.
+    `peer_tuned`: each peer also at `tuned_threads`, as a separate record after its default one;
+    `xla_flags`: each vitsam case also with these appended to XLA_FLAGS (`worker_env`), a record of its own.
     Returns one record per case (and tuned peer), in order; see `merge_rounds`."""
     info = cpu_info()
     contenders = []  # (case index, setting, threads)
@@ -166,6 +174,8 @@ def run_group_in_processes(group: dict, cases: Sequence[Case], *, warmup: int = 
         contenders.append((i, "default", threads if torch_peer else None))
         if peer_tuned and torch_peer:
             contenders.append((i, "tuned", tuned_threads(info)))
+        if xla_flags and not torch_peer:
+            contenders.append((i, "xla_flags", None))
     done: list[list[dict]] = [[] for _ in contenders]
     for r, order in enumerate(round_orders(len(contenders), rounds), 1):
         for c in order:
@@ -174,7 +184,7 @@ def run_group_in_processes(group: dict, cases: Sequence[Case], *, warmup: int = 
             i, setting, n = contenders[c]
             t0 = time.perf_counter()
             spec = worker_spec(group, i, cases[i].record["impl"], warmup=warmup, iters=iters, threads=n)
-            rec = launch(spec, worker_env(n))
+            rec = launch(spec, worker_env(n, xla_flags=xla_flags if setting == "xla_flags" else None))
             done[c].append(rec)
             if log:
                 what = rec.get("error") or (f"median {statistics.median(rec['times_s']) * 1e3:.1f} ms"
@@ -189,7 +199,8 @@ def run_group_in_processes(group: dict, cases: Sequence[Case], *, warmup: int = 
         for c, (j, setting, n) in enumerate(contenders):
             if j == i:
                 records.append(merge_rounds(case.record, done[c], iters, setting=setting, threads=n, peak=peak,
-                                            matmul_ref=matmul_tflops_ref))
+                                            matmul_ref=matmul_tflops_ref,
+                                            xla_flags=xla_flags if setting == "xla_flags" else None))
                 if log and "step_s" in records[-1]:
                     r = records[-1]
                     log(f"[done] {_head(r)}: {r['step_s'] * 1e3:.1f} ms median, rounds "

@@ -139,6 +139,8 @@ def environment_markdown(env: dict) -> str:
     cpu = (cpu_summary(env["cpu_info"]) if env.get("cpu_info")
            else f"{env.get('cpu')}, {env.get('cpus_usable')} usable cores")
     flags = f"XLA_FLAGS={env.get('xla_flags') or '(none)'}"
+    if env.get("xla_flags_extra"):
+        flags += f"; rows marked +flags also `{env['xla_flags_extra']}`"
     if env.get("processes") == "own":
         removed = ", ".join(env.get("thread_env_removed") or []) or "none was set"
         torch = ""

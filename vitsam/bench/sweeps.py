@@ -98,13 +98,14 @@ def run_benchmarks(models: Sequence[str], batches: Sequence[int] = (1,), dtypes:
                    peak: float | None | str = "device",
                    matmul_tflops_ref: dict[str, float] | None = None, interleave: bool | None = None,
                    own_process: bool = False, rounds: int = 3, threads: int | None = None, peer_tuned: bool = False,
-                   log: Callable[[str], None] | None = print) -> list[dict]:
+                   xla_flags: str | None = None, log: Callable[[str], None] | None = print) -> list[dict]:
     """Every combination, group by group (see `sweep_cases`); SAM models skip the train mode.
 
     In one process (`own_process` False) each group is timed by `harness.run_group` (`repeats` alternating
     rounds, `interleave`). With `own_process`, by `processes.run_group_in_processes`: each contender in its own
     fresh process per round, `rounds` rounds alternating the order, PyTorch at its default threads unless
-    `threads`, and with `peer_tuned` each peer also at the tuned setting (`repeats` and `interleave` unused)."""
+    `threads`, with `peer_tuned` each peer also at the tuned setting, with `xla_flags` each vitsam case also
+    with those XLA flags (`repeats` and `interleave` unused)."""
     for spec in models:
         if parse_model(spec)[2] == "amg" and (list(batches) != [1] or list(dtypes) != ["float32"]):
             raise ValueError(f"{spec}: the automatic mask generator runs on one image in float32 (--batch 1 "
@@ -129,7 +130,7 @@ def run_benchmarks(models: Sequence[str], batches: Sequence[int] = (1,), dtypes:
                     if own_process:
                         records += run_group_in_processes(
                             group, cases, warmup=warmup, iters=iters, rounds=rounds, threads=threads,
-                            peer_tuned=peer_tuned, peak=peak, matmul_tflops_ref=matmul_tflops_ref, log=log)
+                            peer_tuned=peer_tuned, xla_flags=xla_flags, peak=peak, matmul_tflops_ref=matmul_tflops_ref, log=log)
                     else:
                         records += run_group(cases, warmup=warmup, iters=iters, repeats=repeats, peak=peak,
                                              matmul_tflops_ref=matmul_tflops_ref, interleave=interleave, log=log)
