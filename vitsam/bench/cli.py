@@ -104,8 +104,8 @@ def _check_process_flags(args, own: bool) -> None:
         raise ValueError("--xla-flags needs each contender in its own process (XLA reads its flags once per "
                          "process; the default with --torch on CPU, else --no-same-process)")
     if args.xla_flags is not None and not args.xla_flags.strip().startswith("--"):
-        raise ValueError(f"--xla-flags expects XLA flags such as --xla_cpu_enable_concurrency_optimized_scheduler=false, "
-                         f"got {args.xla_flags!r}")
+        raise ValueError("--xla-flags expects XLA flags such as "
+                         f"--xla_cpu_enable_concurrency_optimized_scheduler=false, got {args.xla_flags!r}")
     if not own and args.peer_tuned:
         raise ValueError("--peer-tuned needs each contender in its own process (the default with --torch on CPU, "
                          "else --no-same-process)")
