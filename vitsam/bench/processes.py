@@ -166,25 +166,25 @@ def run_group_in_processes(group: dict, cases: Sequence[Case], *, warmup: int = 
     `xla_flags`: each vitsam case also with these appended to XLA_FLAGS (`worker_env`), a record of its own.
     Returns one record per case (and tuned peer), in order; see `merge_rounds`."""
     info = cpu_info()
-    contenders = []  # (case index, setting, threads)
+    contenders = []  # (case index, setting, threads, extra XLA flags)
     for i, case in enumerate(cases):
         if case.skip:
             continue
         torch_peer = case.record["framework"] == "torch"
-        contenders.append((i, "default", threads if torch_peer else None))
+        contenders.append((i, "default", threads if torch_peer else None, None))
         if peer_tuned and torch_peer:
-            contenders.append((i, "tuned", tuned_threads(info)))
+            contenders.append((i, "tuned", tuned_threads(info), None))
         if xla_flags and not torch_peer:
-            contenders.append((i, "xla_flags", None))
+            contenders.append((i, "xla_flags", None, xla_flags))
     done: list[list[dict]] = [[] for _ in contenders]
     for r, order in enumerate(round_orders(len(contenders), rounds), 1):
         for c in order:
             if any("error" in x for x in done[c]):
                 continue  # failed once (out of memory, a bad option): not again
-            i, setting, n = contenders[c]
+            i, setting, n, flags = contenders[c]
             t0 = time.perf_counter()
             spec = worker_spec(group, i, cases[i].record["impl"], warmup=warmup, iters=iters, threads=n)
-            rec = launch(spec, worker_env(n, xla_flags=xla_flags if setting == "xla_flags" else None))
+            rec = launch(spec, worker_env(n, xla_flags=flags))
             done[c].append(rec)
             if log:
                 what = rec.get("error") or (f"median {statistics.median(rec['times_s']) * 1e3:.1f} ms"
@@ -196,11 +196,10 @@ def run_group_in_processes(group: dict, cases: Sequence[Case], *, warmup: int = 
         if case.skip:
             records.append(dict(case.record, skipped=case.skip, device=jax.devices()[0].device_kind, cpu_info=info,
                                 process="own"))
-        for c, (j, setting, n) in enumerate(contenders):
+        for c, (j, setting, n, flags) in enumerate(contenders):
             if j == i:
                 records.append(merge_rounds(case.record, done[c], iters, setting=setting, threads=n, peak=peak,
-                                            matmul_ref=matmul_tflops_ref,
-                                            xla_flags=xla_flags if setting == "xla_flags" else None))
+                                            matmul_ref=matmul_tflops_ref, xla_flags=flags))
                 if log and "step_s" in records[-1]:
                     r = records[-1]
                     log(f"[done] {_head(r)}: {r['step_s'] * 1e3:.1f} ms median, rounds "

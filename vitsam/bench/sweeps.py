@@ -130,7 +130,8 @@ def run_benchmarks(models: Sequence[str], batches: Sequence[int] = (1,), dtypes:
                     if own_process:
                         records += run_group_in_processes(
                             group, cases, warmup=warmup, iters=iters, rounds=rounds, threads=threads,
-                            peer_tuned=peer_tuned, xla_flags=xla_flags, peak=peak, matmul_tflops_ref=matmul_tflops_ref, log=log)
+                            peer_tuned=peer_tuned, xla_flags=xla_flags, peak=peak,
+                            matmul_tflops_ref=matmul_tflops_ref, log=log)
                     else:
                         records += run_group(cases, warmup=warmup, iters=iters, repeats=repeats, peak=peak,
                                              matmul_tflops_ref=matmul_tflops_ref, interleave=interleave, log=log)
