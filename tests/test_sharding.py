@@ -254,6 +254,35 @@ def test_compile_for_a_tpu_without_libtpu_is_a_clear_error():
         plan.prepare_platform("tpu:v5e:2x2")
 
 
+@pytest.mark.multihost  # two compiles, ~20 s: in the scale-out stage with the other plans
+def test_the_plan_of_a_task_with_phases_is_that_of_its_last_step(tmp_path):
+    """A curriculum (`Task.phase`): the plan compiles and counts the program of the last step's phase. Phase "b"
+    adds a (B, 768) × (768, 64) product of the images with a constant, 2·B·768·64 FLOPs and no gradient."""
+    import dataclasses
+
+    import train_fixtures as fx
+    from train import plan
+
+    base, batch = fx.task(), 16
+    extra = 2 * batch * (fx.IMAGE * fx.IMAGE * 3) * 64
+
+    def loss_fn(params, batch, rng, phase):
+        loss, aux = base.loss_fn(params, batch, rng)
+        if phase == "b":
+            loss = loss + 0.0 * jnp.sum(batch["image"].reshape(batch["image"].shape[0], -1) @ jnp.ones((768, 64)))
+        return loss, aux
+
+    spec = lambda b: {"image": jax.ShapeDtypeStruct((b, fx.IMAGE, fx.IMAGE, 3), jnp.float32),  # noqa: E731
+                      "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+    flops = {}
+    for last in ("a", "b"):
+        task = dataclasses.replace(base, loss_fn=loss_fn, batch_spec=spec,
+                                   phase=lambda step, last=last: "a" if step < 5 else last)
+        flops[last] = plan.compile_plan(fx.config(total_steps=10, batch_size=batch), tmp_path / last, "cpu:1",
+                                        lambda cfg, task=task: task, status=lambda _: None)["flops_per_step"]
+    assert flops["b"] - flops["a"] == extra
+
+
 @pytest.mark.multihost  # a 10-20 s compile in a subprocess: in the scale-out stage
 def test_compile_only_plan_for_eight_cpu_devices(tmp_path):
     """`--compile_for=cpu:8` with FSDP: no data is read (the data_dir does not exist), the plan's parameter bytes

@@ -14,6 +14,7 @@ the architecture is `cfg.model`'s (a fine-tuning config's variant must be the ch
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib.util
 import json
 import math
@@ -131,11 +132,11 @@ def compile_plan(cfg, workdir, target: str, make_task: Callable, *, model_fields
         counted = cfg.copy_and_resolve_references()
         counted.model.remat = False
         plain = make_task(counted)
-    grad = jax.value_and_grad(plain.loss_fn, has_aux=True)
+    # The phase (a string) picks the program: bound here, not traced.
+    loss_fn = plain.loss_fn if plain.phase is None else functools.partial(plain.loss_fn, phase=phase)
+    grad = jax.value_and_grad(loss_fn, has_aux=True)
     rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32)
     kw = {} if plain.constants is None else {"constants": setup.abstract.constants}
-    if plain.phase is not None:
-        kw["phase"] = phase
     flops = bench.matmul_flops(grad, setup.abstract.params, task.batch_spec(cfg.batch_size), rng, **kw)
 
     params = sharding.per_device_bytes(setup.abstract.params)
