@@ -1,6 +1,6 @@
 """Meshes and sharding rules as config data: the fsdp tactic against a naive rule, first-match rules, the optimizer
 state following its parameter, the live shardings of ViT-B/16 and SAM vit_b on 8 devices, clear errors for bad
-meshes, rules, batches and compile targets, and a compile-only plan for 8 CPU devices."""
+meshes, rules, batches and compile targets, and compile-only plans (8 CPU devices; a curriculum's last phase)."""
 
 import json
 import math
@@ -257,19 +257,19 @@ def test_compile_for_a_tpu_without_libtpu_is_a_clear_error():
 @pytest.mark.multihost  # two compiles, ~20 s: in the scale-out stage with the other plans
 def test_the_plan_of_a_task_with_phases_is_that_of_its_last_step(tmp_path):
     """A curriculum (`Task.phase`): the plan compiles and counts the program of the last step's phase. Phase "b"
-    adds a (B, 768) × (768, 64) product of the images with a constant, 2·B·768·64 FLOPs and no gradient."""
+    adds a (B, P) × (P, 64) product of the flattened images with a constant: 2·B·P·64 FLOPs, no gradient."""
     import dataclasses
 
     import train_fixtures as fx
     from train import plan
 
-    base, batch = fx.task(), 16
-    extra = 2 * batch * (fx.IMAGE * fx.IMAGE * 3) * 64
+    base, size, pixels = fx.task(), 16, fx.IMAGE * fx.IMAGE * 3
+    extra = 2 * size * pixels * 64
 
     def loss_fn(params, batch, rng, phase):
         loss, aux = base.loss_fn(params, batch, rng)
         if phase == "b":
-            loss = loss + 0.0 * jnp.sum(batch["image"].reshape(batch["image"].shape[0], -1) @ jnp.ones((768, 64)))
+            loss = loss + 0.0 * jnp.sum(batch["image"].reshape(-1, pixels) @ jnp.ones((pixels, 64)))
         return loss, aux
 
     spec = lambda b: {"image": jax.ShapeDtypeStruct((b, fx.IMAGE, fx.IMAGE, 3), jnp.float32),  # noqa: E731
@@ -278,7 +278,7 @@ def test_the_plan_of_a_task_with_phases_is_that_of_its_last_step(tmp_path):
     for last in ("a", "b"):
         task = dataclasses.replace(base, loss_fn=loss_fn, batch_spec=spec,
                                    phase=lambda step, last=last: "a" if step < 5 else last)
-        flops[last] = plan.compile_plan(fx.config(total_steps=10, batch_size=batch), tmp_path / last, "cpu:1",
+        flops[last] = plan.compile_plan(fx.config(total_steps=10, batch_size=size), tmp_path / last, "cpu:1",
                                         lambda cfg, task=task: task, status=lambda _: None)["flops_per_step"]
     assert flops["b"] - flops["a"] == extra
 
