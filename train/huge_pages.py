@@ -62,7 +62,7 @@ def tuned_environment(environ, glibc: tuple[int, int] | None, mode: str | None) 
 def reexec_with_huge_pages() -> None:
     """Replace this process by the same command with the tunable set, where `tuned_environment` says so; else
     return. Call it first thing in a `python -m` entry point (nothing has run that would be lost)."""
-    if sys.platform != "linux" or not getattr(sys, "orig_argv", None):
+    if sys.platform != "linux" or not sys.executable or not getattr(sys, "orig_argv", None):
         return
     env = tuned_environment(os.environ, glibc_version(), thp_mode())
     if env is not None:
