@@ -20,7 +20,8 @@ Result:   J, F and J&F on the 100 test clips (12 frames, every object visible on
           steps train the point-prompted tracks (400 static then 500 tracking steps: 0.666 with the mask, 0.473
           with a click, in 27 min 20 s). Copying the first-frame mask to every frame gives 0.258
           (docs/experiments.md, "SAM 2 on video shapes", has the measurements and what was tried).
-          On a 2-core Zen 3 (AVX2 only, 2026-12-06) the same command gives 0.705 / 0.319 in 35 min 48 s.
+          On a 2-core Zen 3 (AVX2 only, 2026-12-07) the same command gives 0.705 / 0.319 in 28 min 38 s (35 min 48 s
+          before the trainers' huge pages, train/huge_pages.py).
 """
 
 import ml_collections
