@@ -13,7 +13,8 @@ the still step 0.82 s → 0.73 s (page faults a step 39k → ~450), the tracking
 3.29 s → 3.04 s (262k → ~700 faults, kernel time 0.87 s → 0.25 s a step). Keeping the block instead (one
 malloc arena, mmap off) ends the faults too but makes a step slower (4-frame clips: 1.61 s against 1.28 s):
 every thread then contends for one arena. The whole recipe (`python -m train.sam2 --workdir DIR`, the same VM,
-alone, 2026-12-07): 35 min 48 s → 28 min 38 s, the same J&F to the last digit; minor page faults 84.0 M →
+alone; the run before on 2026-12-06, the run with it 2026-12-07, not side by side): 35 min 48 s → 28 min 38 s,
+the same J&F to the last digit; minor page faults 84.0 M →
 2.6 M, kernel time 331 s → 131 s (`/usr/bin/time -v`).
 
 `GLIBC_TUNABLES` is read when a process starts, hence the re-execution; it happens before the trainer imports
