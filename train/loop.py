@@ -13,6 +13,7 @@ resumes from once there is space again.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -20,6 +21,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -105,6 +107,48 @@ def _read(train_it, n: int) -> dict:
     if n == 1:
         return next(train_it)
     return jax.tree.map(lambda *parts: np.concatenate(parts), *[next(train_it) for _ in range(n)])
+
+
+def upcoming_phases(task: Task, step: int, total: int) -> list:
+    """The phases of steps `step` … `total` − 1 that differ from that of `step`, in the order they first come."""
+    if task.phase is None:
+        return []
+    seen = [task.phase(step)]
+    for s in range(step + 1, total):
+        phase = task.phase(s)
+        if phase not in seen:
+            seen.append(phase)
+    return seen[1:]
+
+
+def compile_ahead(train_step, abstract_state, batch: dict, phases: list, global_batch: Callable) -> dict:
+    """{phase: Future of its compiled step program}, compiled one after the other in a background thread while
+    the steps before them run: a curriculum's later step programs (`train.sam2`'s tracking steps: minutes of
+    XLA compile on a CPU) are then ready when their first step comes. `batch` (a batch of global arrays) gives
+    the structure, dtypes and sharding of every phase's batch, `global_batch(phase)` its rows. The compiled
+    programs are those the jitted step would build for the same arguments, so the run computes the same."""
+    futures = {phase: concurrent.futures.Future() for phase in phases}
+
+    def spec(x, rows):
+        return jax.ShapeDtypeStruct((rows, *x.shape[1:]), x.dtype, sharding=x.sharding)
+
+    def work():
+        for phase in phases:
+            future = futures[phase]
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                rows = global_batch(phase)
+                lowered = train_step.lower(abstract_state, jax.tree.map(lambda x: spec(x, rows), batch), phase)
+                future.set_result(lowered.compile())
+            except BaseException as e:  # handed to the step that needs the program
+                future.set_exception(e)
+
+    if not phases:
+        return futures
+    # A daemon thread: a run that stops early (a signal, an error) does not wait for a compile it will not use.
+    threading.Thread(target=work, name="compile-ahead", daemon=True).start()
+    return futures
 
 
 def make_eval_step(task: Task):
@@ -220,6 +264,8 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
     last_eval: dict = {}
     pending: list = []
     compiled: set = set()   # the phases whose step program has run (`Task.phase`)
+    programs: dict = {}     # phase -> its step program compiled ahead (`compile_ahead`), called without `phase`
+    ahead: dict | None = None
     window_start, window_examples = time.perf_counter(), 0
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not is_main, dynamic_ncols=True,
                mininterval=1.0, file=sys.stderr)
@@ -236,14 +282,24 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
             phase = None if task.phase is None else task.phase(step)
             step_batch = task.step_batch(cfg.batch_size, phase)
             batch = parallel.shard_batch(_read(train_it, step_batch // read_batch), mesh)
+            if ahead is None:
+                ahead = compile_ahead(train_step, setup_.abstract, batch, upcoming_phases(task, step, total),
+                                      lambda p: task.step_batch(cfg.batch_size, p))
             if phase not in compiled:
                 t0 = time.perf_counter()
-                state, metrics = train_step(state, batch, phase)
+                if phase in ahead:
+                    programs[phase] = ahead.pop(phase).result()
+                    state, metrics = programs[phase](state, batch)
+                    how = "ran the first step of phase {!r} (compiled beside the steps before it)"
+                else:
+                    state, metrics = train_step(state, batch, phase)
+                    how = "compiled and ran the first step" + ("" if phase is None else " of phase {!r}")
                 jax.block_until_ready(metrics)
-                what = "the first step" if phase is None else f"the first step of phase {phase!r}"
-                say(f"compiled and ran {what} in {time.perf_counter() - t0:.1f}s")
+                say(f"{how.format(phase)} in {time.perf_counter() - t0:.1f}s")
                 compiled.add(phase)
                 window_start, window_examples = time.perf_counter(), 0
+            elif phase in programs:
+                state, metrics = programs[phase](state, batch)
             else:
                 state, metrics = train_step(state, batch, phase)
             step += 1
@@ -277,6 +333,8 @@ def run(cfg, workdir, task: Task, *, status: Callable[[str], None] = print) -> d
             if save_now:
                 ckpt.save(step, state, {"iterator": _encode_state(train_it.get_state())}, force=step == total)
     finally:
+        for future in (ahead or {}).values():
+            future.cancel()
         bar.close()
         signal.signal(signal.SIGTERM, previous)
         ckpt.close()

@@ -274,9 +274,9 @@ class Sam2Task:
         xs = (jnp.arange(1, num_frames), vision[1:], tuple(x[1:] for x in high_res), targets[1:], keys)
         carry = (mem_bank, ptr_bank, is_cond)
         if num_frames == 2:
-            # One tracked frame (the still clips): called directly, since XLA:CPU keeps a scan of length one as a
-            # while loop, inside which the memory encoder's weight-gradient convolutions ran ~10× slower (a still
-            # step 0.53 s against 0.33 s on a Zen 4 VM).
+            # One tracked frame (the still clips): called directly. XLA:CPU keeps a scan of length one as a while
+            # loop, and the weight gradients of the memory encoder's convolutions inside it ran ~10× slower: the
+            # gradient of a still batch took 0.57 s that way, 0.22 s now, the same to the bit (Zen 4, 2026-12-07).
             ys = frame_step(carry, jax.tree.map(lambda x: x[0], xs))[1]
             tracked_steps, corr_steps, masks = jax.tree.map(lambda y: y[None], ys)
         else:
