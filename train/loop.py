@@ -6,7 +6,8 @@ progress bar, eval, orbax checkpoints with the data position for exact resume. W
 process runs this same loop on its rows of each batch; process 0 writes the metrics and shows the progress.
 
 A trainer describes its job as a `Task`; `train.setup` builds the mesh, optimizer and step from it; `run` does the
-rest. A full disk stops the run with one `DiskFullError` naming the last good checkpoint, which the same command
+rest. A curriculum (`Task.phase`) has a step program per phase; those of later phases compile in a background
+thread while the steps before them run (`compile_ahead`). A full disk stops the run with one `DiskFullError` naming the last good checkpoint, which the same command
 resumes from once there is space again.
 """
 
