@@ -7,8 +7,8 @@ process runs this same loop on its rows of each batch; process 0 writes the metr
 
 A trainer describes its job as a `Task`; `train.setup` builds the mesh, optimizer and step from it; `run` does the
 rest. A curriculum (`Task.phase`) has a step program per phase; those of later phases compile in a background
-thread while the steps before them run (`compile_ahead`). A full disk stops the run with one `DiskFullError` naming the last good checkpoint, which the same command
-resumes from once there is space again.
+thread while the steps before them run (`compile_ahead`). A full disk stops the run with one `DiskFullError`
+naming the last good checkpoint, which the same command resumes from once there is space again.
 """
 
 from __future__ import annotations
