@@ -13,8 +13,8 @@ Time:     1,400 static steps (still clips: each clip's first frame and a copy of
 Result:   J, F and J&F on the 100 test clips (12 frames, every object visible on frame 0), prompted with the
           first-frame mask and with one click on frame 0, after 1,600 steps (2026-12-07, the Zen 4 machine
           above): J&F 0.798 (mask) and 0.323 (click), J 0.769 / 0.207, F 0.827 / 0.438. `--config.seed=1` gives
-          0.790 / 0.339, `--config.seed=2` 0.783 / 0.288 (in 19 min 59.7 s and 20 min 54 s: before the tracking
-          step compiled in the background, the second with probes beside it part of the time). The recipe
+          0.790 / 0.339 in 17 min 15 s (alone), `--config.seed=2` 0.783 / 0.288 (in 20 min 54 s, before the
+          tracking step compiled in the background, with probes beside it part of the time). The recipe
           before, 700 static then 200 tracking steps, gave 0.800 / 0.651 / 0.694 at seeds 0 / 1 / 2: the longer
           still stage (affordable once a still step took 0.22 s instead of 0.57 s, train/sam2_task.py) lifts the
           two weaker seeds. The click figure stays low: the still clips are mask-prompted, and 200 tracking
