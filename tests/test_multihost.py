@@ -7,6 +7,7 @@ Heavy (a dozen trainer runs of ~30 s each on 2 cores): marker `multihost`, run w
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -92,6 +93,21 @@ def losses(workdir):
     train_rows = [r for r in rows if r["split"] == "train"]
     assert [r["step"] for r in train_rows] == list(range(1, len(train_rows) + 1))
     return np.array([r["loss"] for r in train_rows])
+
+
+# What the survivor's abort may name: the coordination service's missed heartbeats (every run on 2-core Zen 4, in
+# 12-21 s with a 20 s timeout, 2026-12-07), a collective with the dead process failing in gloo, or XLA ending its
+# local devices' rendezvous stuck behind such a collective (after 40 s by default). A CI run on a loaded machine
+# once aborted naming none of the first three; the failure message shows the abort's own lines.
+PEER_LOST = ("another task died", "unhealthy", "heartbeat", "connection closed by peer", "connection reset by peer",
+             "termination timeout")
+
+
+def _fatal_lines(err: str) -> list[str]:
+    """The lines of a process's stderr that say why it aborted: glog's E/F lines, C++'s uncaught exceptions,
+    Python's fatal error."""
+    return [line for line in err.splitlines()
+            if re.match(r"[EF]\d{4} ", line) or line.startswith(("terminate called", "  what():", "Fatal Python"))]
 
 
 def kill_after_checkpoint(procs, workdir, step):
@@ -180,7 +196,7 @@ def test_a_dead_process_stops_the_other_and_the_same_command_resumes(tmp_path, d
     waited = time.time() - killed_at
     assert procs[0].returncode != 0
     assert waited < 90, f"the survivor took {waited:.0f} s to stop"
-    assert "another task died" in err or "unhealthy" in err or "heartbeat" in err.lower(), err[-2000:]
+    assert any(cause.lower() in err.lower() for cause in PEER_LOST), "\n".join(_fatal_lines(err)) or err[-2000:]
     procs[1].communicate()
 
     # The same command again (fewer steps, so that it ends): it resumes from the last checkpoint.
