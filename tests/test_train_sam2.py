@@ -123,6 +123,35 @@ def test_the_static_stage_trains_on_the_first_frame_still_and_mask_prompted(data
     assert float(clip_grad(params, batch)[0]) != pytest.approx(float(clip_grad(params, changed)[0]), rel=1e-3)
 
 
+@pytest.mark.trainers
+def test_the_static_stage_prompts_with_points_at_static_mask_prob_zero(data_dir):
+    """`sim.static_mask_prob` 0: the still clip's tracks get a point or box prompt and the correction clicks, and
+    the still loss is that of the two-frame clip (frame 0 twice) with `sim.mask_prob` 0, which differs from the
+    mask-prompted one."""
+    from vitsam.data.sources import open_source
+    from vitsam.data.video_clips import make_clip_iterator
+    from vitsam.data.video_source import TfdsVideoSource
+    from vitsam.models.sam2 import sam2_init, sam2_variant
+
+    source = TfdsVideoSource(open_source("vitsam_shapes_video/small", "test", data_dir))
+    batches = make_clip_iterator(source, 1, 64, 2, 2, train=False, process_index=0, process_count=1, num_threads=0)
+    batch = {k: v for k, v in next(batches).items() if k in ("frames", "masks", "object_valid")}
+    still = {**batch, "frames": np.repeat(batch["frames"][:, :1], 2, axis=1),
+             "masks": np.repeat(batch["masks"][:, :, :1], 2, axis=2)}
+    model = sam2_variant("tiny", image_size=64)
+    variables = sam2_init(model, jax.random.PRNGKey(0))
+    params, key = variables["params"], jax.random.PRNGKey(1)
+
+    def loss(changes, phase, b):
+        task = Sam2Task(recipe(**{"sim.correction_clicks": 1, **changes}), model, variables["constants"])
+        return float(jax.jit(lambda p, b: task.loss_fn(p, b, key, phase=phase)[0])(params, b))
+
+    points = loss({"sim.static_steps": 2, "sim.static_mask_prob": 0.0, "sim.mask_prob": 1.0}, "still", batch)
+    assert points == pytest.approx(loss({"sim.static_steps": 0, "sim.mask_prob": 0.0}, "clips", still), rel=1e-5)
+    masks = loss({"sim.static_steps": 2, "sim.static_mask_prob": 1.0, "sim.mask_prob": 0.0}, "still", batch)
+    assert points != pytest.approx(masks, rel=1e-5)   # at initialisation the prompt moves the loss by ~1e-4 of it
+
+
 def test_clip_batches(data_dir):
     from vitsam.data.sources import open_source
     from vitsam.data.video_clips import make_clip_iterator
@@ -237,6 +266,7 @@ def test_bad_input_is_one_line(tmp_path, data_dir):
         "format": ({"data.format": "youtube"}, "data.format must be one of"),
         "eval_only": ({"eval_only": True}, "eval_only evaluates the checkpoint in init_from, which is empty"),
         "prob": ({"sim.mask_prob": 1.5}, "sim.mask_prob must be in [0, 1]"),
+        "static_prob": ({"sim.static_mask_prob": -0.1}, "sim.static_mask_prob must be in [0, 1]"),
         "static": ({"sim.static_steps": -1}, "sim.static_steps must not be negative, got -1"),
         "static_batch": ({"sim.static_batch_size": 0}, "sim.static_batch_size must be at least 1"),
         "prompts": ({"eval.prompts": ("box",)}, "eval.prompts must be some of"),

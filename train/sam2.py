@@ -27,7 +27,8 @@ SAM 2 paper trains (`train.sam2_task`):
      cross-entropy (present or not).
 The first `sim.static_steps` steps (the static stage) train on still clips instead: each clip's first frame and a
 copy of it, every track prompted with its mask (the frame encoded once, no point prompt or click computed),
-`sim.static_batch_size` clips a step (None: batch_size).
+`sim.static_batch_size` clips a step (None: batch_size); with `sim.static_mask_prob` below 1, that share of the
+tracks is mask-prompted and the rest get a point or box prompt and their correction clicks, as in the moving clips.
 Eval: J (region IoU), F (boundary F-measure, `vitsam.video_metrics`) and J&F per object, over the frames between
 the prompted first frame and the last (as the DAVIS evaluation), with the first-frame mask and with one click.
 """
@@ -90,7 +91,7 @@ def _check_config(cfg) -> None:
     for name in ("max_objects", "frame_stride", "image_size"):
         if d[name] < 1:
             raise ValueError(f"data.{name} must be positive, got {d[name]}")
-    for name in ("mask_prob", "box_prob", "correct_frame_prob"):
+    for name in ("mask_prob", "box_prob", "correct_frame_prob", "static_mask_prob"):
         if not 0.0 <= s[name] <= 1.0:
             raise ValueError(f"sim.{name} must be in [0, 1], got {s[name]}")
     for name in ("correction_clicks", "static_steps"):

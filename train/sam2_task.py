@@ -294,12 +294,13 @@ class Sam2Task:
     def loss_fn(self, params, batch, rng, constants=None, phase=None):
         """The loss of one batch of clips. `phase` "still" (the static stage, the first `sim.static_steps` steps):
         that of the still clips (each clip's first frame and a copy of it, with its masks) with every track
-        prompted by its mask: with nothing moving, the memory attention learns to carry the prompted object from
-        the conditioning frame before the clips ask it to follow motion."""
+        prompted by its mask (`sim.static_mask_prob` 1; below 1, the rest by a point or a box): with nothing
+        moving, the memory attention learns to carry the prompted object from the conditioning frame before the
+        clips ask it to follow motion."""
         if constants is not None:
             return self._with(constants).loss_fn(params, batch, rng, phase=phase)
         if phase == "still":
-            return self._clip_loss(params, batch, rng, mask_prob=1.0, still=True)
+            return self._clip_loss(params, batch, rng, mask_prob=self.cfg.sim.static_mask_prob, still=True)
         return self._clip_loss(params, batch, rng)
 
     def _clip_loss(self, params, batch, rng, mask_prob=None, still=False):
