@@ -100,7 +100,8 @@ def get_config():
     # Set 0 when fine-tuning a trained SAM 2.
     c.sim.static_steps = 1400
     # The still clips' tracks prompted with their mask with this probability, else with a point or a box and the
-    # correction clicks: 0.5 gives J&F 0.683 with the mask and 0.463 with one click (seed 0; 1.0: 0.798 / 0.323).
+    # correction clicks: 0.5 gives J&F 0.683 with the mask and 0.463 with one click, 0.8 0.709 / 0.470 (seed 0;
+    # 1.0: 0.798 / 0.323).
     c.sim.static_mask_prob = 1.0
     c.sim.static_batch_size = ml_collections.config_dict.placeholder(int)   # clips per still step (None: batch_size)
 
