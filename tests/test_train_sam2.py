@@ -79,13 +79,9 @@ def test_tight_boxes_are_the_mask_boxes():
         assert np.array_equal(box, mask_to_box(mask) if mask.any() else np.zeros(4))
 
 
-@pytest.mark.trainers
-def test_the_static_stage_trains_on_the_first_frame_still_and_mask_prompted(data_dir):
-    """In the static stage the loss and gradient are those of the two-frame clip (frame 0, frame 0 again) with every
-    track given its mask, whatever `sim.mask_prob` says and whatever the later frames hold; after it the clip's.
-    The stage encodes the frame once and skips the point prompts, clicks and corrections; the reference computes
-    the whole still clip: both frames encoded, and the prompts, clicks and corrections with weight 0 (a mask_prob
-    just under 1 gives every track its mask with this key; a track prompted otherwise would change the loss)."""
+def _two_clips_and_model(data_dir):
+    """Two 2-frame test clips at 64 px (the arrays the loss reads), the first one's still clip (its frame 0 twice),
+    the tiny SAM 2 at 64 px and its variables."""
     from vitsam.data.sources import open_source
     from vitsam.data.video_clips import make_clip_iterator
     from vitsam.data.video_source import TfdsVideoSource
@@ -93,15 +89,27 @@ def test_the_static_stage_trains_on_the_first_frame_still_and_mask_prompted(data
 
     source = TfdsVideoSource(open_source("vitsam_shapes_video/small", "test", data_dir))
     batches = make_clip_iterator(source, 1, 64, 2, 2, train=False, process_index=0, process_count=1, num_threads=0)
-    batch = {k: v for k, v in next(batches).items() if k in ("frames", "masks", "object_valid")}
-    other = {k: v for k, v in next(batches).items() if k in batch}
+    batch, other = ({k: v for k, v in next(batches).items() if k in ("frames", "masks", "object_valid")}
+                    for _ in range(2))
+    still = {**batch, "frames": np.repeat(batch["frames"][:, :1], 2, axis=1),
+             "masks": np.repeat(batch["masks"][:, :, :1], 2, axis=2)}
+    model = sam2_variant("tiny", image_size=64)
+    return batch, other, still, model, sam2_init(model, jax.random.PRNGKey(0))
+
+
+@pytest.mark.trainers
+def test_the_static_stage_trains_on_the_first_frame_still_and_mask_prompted(data_dir):
+    """In the static stage the loss and gradient are those of the two-frame clip (frame 0, frame 0 again) with every
+    track given its mask, whatever `sim.mask_prob` says and whatever the later frames hold; after it the clip's.
+    The stage encodes the frame once and skips the point prompts, clicks and corrections; the reference computes
+    the whole still clip: both frames encoded, and the prompts, clicks and corrections with weight 0 (a mask_prob
+    just under 1 gives every track its mask with this key; a track prompted otherwise would change the loss)."""
+    batch, other, still, model, variables = _two_clips_and_model(data_dir)
     changed = {**batch, "frames": batch["frames"].copy(), "masks": batch["masks"].copy()}
     changed["frames"][:, 1:] = other["frames"][:, 1:]   # frame 1 from another clip
     changed["masks"][:, :, 1:] = other["masks"][:, :, 1:]
     assert not np.array_equal(changed["frames"], batch["frames"])
 
-    model = sam2_variant("tiny", image_size=64)
-    variables = sam2_init(model, jax.random.PRNGKey(0))
     params, key = variables["params"], jax.random.PRNGKey(1)
     sim = {"sim.correction_clicks": 1, "sim.correct_frame_prob": 1.0}
     staged = Sam2Task(recipe(**sim, **{"sim.static_steps": 2, "sim.mask_prob": 0.0}), model, variables["constants"])
@@ -109,8 +117,6 @@ def test_the_static_stage_trains_on_the_first_frame_still_and_mask_prompted(data
                      variables["constants"])
     still_grad = jax.jit(jax.value_and_grad(lambda p, b: staged.loss_fn(p, b, key, phase="still")[0]))
     clip_grad = jax.jit(jax.value_and_grad(lambda p, b: plain.loss_fn(p, b, key, phase="clips")[0]))
-    still = {**batch, "frames": np.repeat(batch["frames"][:, :1], 2, axis=1),
-             "masks": np.repeat(batch["masks"][:, :, :1], 2, axis=2)}
     want, want_grad = clip_grad(params, still)
 
     got, got_grad = still_grad(params, batch)
@@ -128,18 +134,7 @@ def test_the_static_stage_prompts_with_points_at_static_mask_prob_zero(data_dir)
     """`sim.static_mask_prob` 0: the still clip's tracks get a point or box prompt and the correction clicks, and
     the still loss is that of the two-frame clip (frame 0 twice) with `sim.mask_prob` 0, which differs from the
     mask-prompted one."""
-    from vitsam.data.sources import open_source
-    from vitsam.data.video_clips import make_clip_iterator
-    from vitsam.data.video_source import TfdsVideoSource
-    from vitsam.models.sam2 import sam2_init, sam2_variant
-
-    source = TfdsVideoSource(open_source("vitsam_shapes_video/small", "test", data_dir))
-    batches = make_clip_iterator(source, 1, 64, 2, 2, train=False, process_index=0, process_count=1, num_threads=0)
-    batch = {k: v for k, v in next(batches).items() if k in ("frames", "masks", "object_valid")}
-    still = {**batch, "frames": np.repeat(batch["frames"][:, :1], 2, axis=1),
-             "masks": np.repeat(batch["masks"][:, :, :1], 2, axis=2)}
-    model = sam2_variant("tiny", image_size=64)
-    variables = sam2_init(model, jax.random.PRNGKey(0))
+    batch, _, still, model, variables = _two_clips_and_model(data_dir)
     params, key = variables["params"], jax.random.PRNGKey(1)
 
     def loss(changes, phase, b):
