@@ -98,10 +98,10 @@ def losses(workdir):
 # What the survivor's abort may name: the coordination service's missed heartbeats (every run on 2-core Zen 4, in
 # 12-21 s with a 20 s timeout, 2026-12-07), a collective with the dead process failing in gloo, or XLA ending its
 # local devices' rendezvous stuck behind such a collective (after 40 s by default). A CI run on a loaded machine
-# (2026-12-07) aborted without the heartbeat message, for a reason its log's tail did not show: a failure now
-# prints the abort's own lines.
+# (2026-12-07) aborted twice without the heartbeat message; the second time these lines showed gloo's transport
+# aborting on the dead peer's torn message ("enforce fail at .../tcp/pair.cc: ... Received data size doesn't match").
 PEER_LOST = ("another task died", "unhealthy", "heartbeat", "connection closed by peer", "connection reset by peer",
-             "termination timeout")
+             "termination timeout", "enforce fail at external/gloo/gloo/transport")
 
 
 def _fatal_lines(err: str) -> list[str]:
