@@ -112,7 +112,8 @@ def test_the_static_stage_trains_on_the_first_frame_still_and_mask_prompted(data
 
     params, key = variables["params"], jax.random.PRNGKey(1)
     sim = {"sim.correction_clicks": 1, "sim.correct_frame_prob": 1.0}
-    staged = Sam2Task(recipe(**sim, **{"sim.static_steps": 2, "sim.mask_prob": 0.0}), model, variables["constants"])
+    staged = Sam2Task(recipe(**sim, **{"sim.static_steps": 2, "sim.mask_prob": 0.0, "sim.static_point_prompts": False}),
+                      model, variables["constants"])
     plain = Sam2Task(recipe(**sim, **{"sim.static_steps": 0, "sim.mask_prob": 1.0 - 1e-6}), model,
                      variables["constants"])
     still_grad = jax.jit(jax.value_and_grad(lambda p, b: staged.loss_fn(p, b, key, phase="still")[0]))
@@ -143,8 +144,46 @@ def test_the_static_stage_prompts_with_points_at_static_mask_prob_zero(data_dir)
 
     points = loss({"sim.static_steps": 2, "sim.static_mask_prob": 0.0, "sim.mask_prob": 1.0}, "still", batch)
     assert points == pytest.approx(loss({"sim.static_steps": 0, "sim.mask_prob": 0.0}, "clips", still), rel=1e-5)
-    masks = loss({"sim.static_steps": 2, "sim.static_mask_prob": 1.0, "sim.mask_prob": 0.0}, "still", batch)
+    masks = loss({"sim.static_steps": 2, "sim.static_mask_prob": 1.0, "sim.mask_prob": 0.0,
+                  "sim.static_point_prompts": False}, "still", batch)
     assert points != pytest.approx(masks, rel=1e-5)   # at initialisation the prompt moves the loss by ~1e-4 of it
+
+
+@pytest.mark.trainers
+def test_static_point_prompts_add_the_first_frames_point_terms_and_track_from_the_mask(data_dir):
+    """`sim.static_point_prompts`: the still loss is the mean over the mask-prompted still clip's tracked-frame terms
+    (so the tracking starts from the mask, unchanged) and the frame-0 terms of a point or box prompt and one
+    correction click on every track (each term weighs one track, as in the clip loss; the point terms taken from
+    the still clip prompted by points alone, same key); only with the option do the point embeddings learn."""
+    batch, _, _, model, variables = _two_clips_and_model(data_dir)
+    params, key = variables["params"], jax.random.PRNGKey(1)
+
+    def task(on, mask_prob):
+        return Sam2Task(recipe(**{"sim.correction_clicks": 1, "sim.static_steps": 2, "sim.static_point_prompts": on,
+                                  "sim.static_mask_prob": mask_prob}), model, variables["constants"])
+
+    def loss_and_point_grad(t):   # the gradient for the point embeddings alone
+        def loss(embeddings):
+            prompt_encoder = {**params["prompt_encoder"], "point_embeddings": embeddings}
+            return t.loss_fn({**params, "prompt_encoder": prompt_encoder}, batch, key, phase="still")
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params["prompt_encoder"]["point_embeddings"])
+
+    (loss_on, grad_on), (loss_off, grad_off) = (loss_and_point_grad(task(on, 1.0)) for on in (True, False))
+    assert float(jnp.abs(grad_off).sum()) == 0.0 and float(jnp.abs(grad_on).sum()) > 0.0
+
+    points = task(False, 0.0)
+    steps = jax.jit(lambda p: points.run_clip(p, batch, key, train=True, still=True, mask_prob=0.0)[0])(params)
+    first, click = steps[:2]
+    k = float(first["mask_w"].sum())     # present tracks: the same on frame 0 and its copy
+    v = float(first["w"].sum())
+    assert k > 0
+    mask = (k * float(loss_off[1]["mask_loss"]) + sum(float((s["mask_loss"] * s["mask_w"]).sum())
+                                                      for s in (first, click))) / (3 * k)
+    obj = (v * float(loss_off[1]["object_bce"]) + sum(float((s["object_bce"] * s["w"]).sum())
+                                                      for s in (first, click))) / (3 * v)
+    assert float(loss_on[1]["mask_loss"]) == pytest.approx(mask, rel=1e-5)
+    assert float(loss_on[0]) == pytest.approx(mask + obj, rel=1e-5)
 
 
 def test_clip_batches(data_dir):

@@ -29,6 +29,9 @@ The first `sim.static_steps` steps (the static stage) train on still clips inste
 copy of it, every track prompted with its mask (the frame encoded once, no point prompt or click computed),
 `sim.static_batch_size` clips a step (None: batch_size); with `sim.static_mask_prob` below 1, that share of the
 tracks is mask-prompted and the rest get a point or box prompt and their correction clicks, as in the moving clips.
+With `sim.static_point_prompts`, every track's first frame is also prompted as an image (a point or box and the
+correction clicks, their loss terms added, as SAM 2 trains on SA-1B images beside videos) while its tracking
+starts from the mask.
 Eval: J (region IoU), F (boundary F-measure, `vitsam.video_metrics`) and J&F per object, over the frames between
 the prompted first frame and the last (as the DAVIS evaluation), with the first-frame mask and with one click.
 """

@@ -174,13 +174,15 @@ class Sam2Task:
         return mem_valid, tpos.astype(jnp.int32), ptr_valid, offsets
 
     def run_clip(self, params, batch, key, *, train: bool, prompt: str = "mask", mask_prob: float | None = None,
-                 still: bool = False):
+                 still: bool = False, image_prompts: bool = False):
         """Prompt frame 0, track frames 1 … T − 1 with the memory bank (gradients flow through the memories, as
         in the official training). Train: the prompt per track is the mask (`sim.mask_prob`) or a point / box
         with `sim.correction_clicks` clicks, and one random frame (probability `sim.correct_frame_prob`) of the
         point-prompted tracks gets clicks too and becomes a conditioning frame; `mask_prob` overrides
         `sim.mask_prob`. Eval: `prompt` "mask" (first-frame mask) or "click" (one click at the mask's most interior
         pixel), no corrections. `still`: the clip is frame 0 and a copy of it (the static stage), encoded once.
+        `image_prompts` (train): every track's frame 0 is also prompted with a point or box and the correction
+        clicks, as an image, and those terms join the loss; the tracking starts from the prompt drawn above.
         Returns (per-step loss terms: a list of dicts of (N,) or (T − 1, N)), chosen low-res logits (T, N, L, L),
         valid (N,), targets (T, N, S, S), whether each track was mask-prompted (N,), the index in the list of the
         tracked frames' terms)."""
@@ -193,8 +195,9 @@ class Sam2Task:
             high_res = tuple(jnp.concatenate([x, x]) for x in high_res)
         num_frames, n = targets.shape[:2]
         p_mask = sim.mask_prob if mask_prob is None else mask_prob
-        # Every track mask-prompted: no point prompt, click or correction counts, so none is computed.
-        points_used = not (p_mask >= 1.0 if train else prompt == "mask")
+        # Every track mask-prompted and no image prompts: no point prompt, click or correction counts, so none is
+        # computed.
+        points_used = not (p_mask >= 1.0 if train else prompt == "mask") or (train and image_prompts)
         k_prompt, k_first, k_click, k_frame, k_track = jax.random.split(key, 5)
 
         # Frame 0: the prompt, then (points) correction clicks.
@@ -216,12 +219,13 @@ class Sam2Task:
         points = jnp.concatenate([pts, jnp.zeros((n, clicks, 2), jnp.float32)], axis=1)
         labels = jnp.concatenate([labs, jnp.full((n, clicks), -1, jnp.int32)], axis=1)
         prompted = valid & ~use_mask
+        frame0_w = valid if train and image_prompts else prompted
         steps = []
         if points_used:
             multimask = ~is_box
             first = self._call(params, Sam2.sam_heads_train, pix0, hr0, points, labels, None, multimask)
-            steps.append(self._step_loss(params, first, t0, multimask, prompted))
-            last, more = self._clicks(params, pix0, hr0, t0, k_click, points, labels, first, 2, clicks, prompted,
+            steps.append(self._step_loss(params, first, t0, multimask, frame0_w))
+            last, more = self._clicks(params, pix0, hr0, t0, k_click, points, labels, first, 2, clicks, frame0_w,
                                       True)
             steps += more
             out0 = _select(use_mask, given, last)
@@ -241,7 +245,9 @@ class Sam2Task:
             corr_on = jax.random.uniform(jax.random.fold_in(k_frame, 1)) < sim.correct_frame_prob
         else:
             corr_frame, corr_on = jnp.int32(-1), jnp.bool_(False)
-        no_points = (jnp.zeros((n, clicks, 2), jnp.float32), jnp.full((n, clicks), -1, jnp.int32))
+        # Tracked frames get clicks only where a track can be point-prompted (not with image prompts alone).
+        track_clicks = 0 if train and p_mask >= 1.0 else clicks
+        no_points = (jnp.zeros((n, track_clicks, 2), jnp.float32), jnp.full((n, track_clicks), -1, jnp.int32))
 
         def frame_step(carry, xs):
             mem_bank, ptr_bank, is_cond = carry
@@ -254,11 +260,11 @@ class Sam2Task:
                                  jnp.full((n, 1), -1, jnp.int32), None, tracked_mm)
             step0 = self._step_loss(params, tracked, target, tracked_mm, valid)
             corrected = prompted & (t == corr_frame) & corr_on
-            if clicks:
+            if track_clicks:
                 # Every frame computes the clicks and weighs them by `corrected`: on XLA:CPU that is faster than
                 # a lax.cond that runs them on the corrected frame only (a recipe gradient 1.93 s against 2.08 s).
-                last, more = self._clicks(params, pix, hr, target, k, *no_points, tracked, 0, clicks, corrected,
-                                          False)
+                last, more = self._clicks(params, pix, hr, target, k, *no_points, tracked, 0, track_clicks,
+                                          corrected, False)
                 more = jax.tree.map(lambda *x: jnp.stack(x), *more)
                 final = _select(corrected, last, tracked)
             else:
@@ -294,18 +300,21 @@ class Sam2Task:
     def loss_fn(self, params, batch, rng, constants=None, phase=None):
         """The loss of one batch of clips. `phase` "still" (the static stage, the first `sim.static_steps` steps):
         that of the still clips (each clip's first frame and a copy of it, with its masks) with every track
-        prompted by its mask (`sim.static_mask_prob` 1; below 1, the rest by a point or a box): with nothing
-        moving, the memory attention learns to carry the prompted object from the conditioning frame before the
-        clips ask it to follow motion."""
+        prompted by its mask (`sim.static_mask_prob` 1; below 1, the rest by a point or a box), and with
+        `sim.static_point_prompts` every frame 0 also prompted as an image: with nothing moving, the memory
+        attention learns to carry the prompted object from the conditioning frame before the clips ask it to
+        follow motion."""
         if constants is not None:
             return self._with(constants).loss_fn(params, batch, rng, phase=phase)
         if phase == "still":
-            return self._clip_loss(params, batch, rng, mask_prob=self.cfg.sim.static_mask_prob, still=True)
+            return self._clip_loss(params, batch, rng, mask_prob=self.cfg.sim.static_mask_prob, still=True,
+                                   image_prompts=self.cfg.sim.static_point_prompts)
         return self._clip_loss(params, batch, rng)
 
-    def _clip_loss(self, params, batch, rng, mask_prob=None, still=False):
+    def _clip_loss(self, params, batch, rng, mask_prob=None, still=False, image_prompts=False):
         steps, masks, valid, targets, _, tracked_index = self.run_clip(params, batch, rng, train=True,
-                                                                       mask_prob=mask_prob, still=still)
+                                                                       mask_prob=mask_prob, still=still,
+                                                                       image_prompts=image_prompts)
         flat = {k: jnp.concatenate([s[k].reshape(-1) for s in steps]) for k in steps[0]}
         mask_loss = _masked_mean(flat["mask_loss"], flat["mask_w"])
         object_loss = _masked_mean(flat["object_bce"], flat["w"])
