@@ -106,8 +106,9 @@ def get_config():
     # True: the still clips' first frames also train as images, every track prompted with a point or a box and
     # the correction clicks, their loss added, while the tracking starts from the mask (as SAM 2 trains on SA-1B
     # images beside the videos); else the point prompts train in the tracking steps only. True gives J&F 0.778 /
-    # 0.763 with the mask and 0.478 / 0.497 with one click at seeds 0 / 1, in 19 min 42 s / 19 min 40 s (False:
-    # 0.798 / 0.790 and 0.323 / 0.339): the option for click-prompted tracking, not the recipe.
+    # 0.763 / 0.766 with the mask and 0.478 / 0.497 / 0.449 with one click at seeds 0 / 1 / 2, in 19:42 / 19:40 /
+    # 20:26 on the Zen 4 above (False: 0.798 / 0.790 / 0.783 and 0.323 / 0.339 / 0.288): the option for
+    # click-prompted tracking, not the recipe.
     c.sim.static_point_prompts = False
     c.sim.static_batch_size = ml_collections.config_dict.placeholder(int)   # clips per still step (None: batch_size)
 
