@@ -127,13 +127,20 @@ class Sam2Task:
 
     def _step_loss(self, params, heads, target, multimask, weight):
         """Loss terms of one prediction step of N tracks: the SAM loss on the chosen candidate(s) at S × S where
-        the object is present, the object-score cross-entropy everywhere (`weight` (N,) masks padding rows)."""
-        n, c, low = heads.multi_masks.shape[:3]
-        logits = self._call(params, Sam2.upscale_masks, heads.multi_masks.reshape(n * c, low, low))
+        the object is present, the object-score cross-entropy everywhere (`weight` (N,) masks padding rows).
+        `multimask`: (N,) bool, or one Python bool for every row; then only those candidates are upscaled and
+        scored (the same terms: the others have weight 0), a quarter of the work for single-mask rows."""
+        masks, iou, candidates = heads.multi_masks, heads.multi_iou, None
+        if isinstance(multimask, bool):
+            keep = slice(1, None) if multimask else slice(0, 1)
+            masks, iou = masks[:, keep], iou[:, keep]
+        else:
+            single = jnp.arange(masks.shape[1]) == 0
+            candidates = jnp.where(multimask[:, None], ~single[None], single[None])
+        n, c, low = masks.shape[:3]
+        logits = self._call(params, Sam2.upscale_masks, masks.reshape(n * c, low, low))
         logits = logits.reshape(n, c, self.size, self.size)
-        single = jnp.arange(c) == 0
-        candidates = jnp.where(multimask[:, None], ~single[None], single[None])
-        out = segmentation_loss(logits, heads.multi_iou, target, candidates, **self.w)
+        out = segmentation_loss(logits, iou, target, candidates, **self.w)
         present = target.any(axis=(1, 2))
         mask_w = weight & present
         return {"mask_loss": out["loss"], "focal": out["focal"], "dice": out["dice"], "iou_mse": out["iou_mse"],
@@ -152,9 +159,10 @@ class Sam2Task:
             pt, lab = prompts.error_point(k, pred, target, self.size, self.size)
             points = points.at[:, num_real + i].set(pt)
             labels = labels.at[:, num_real + i].set(lab)
-            multimask = jnp.full((pix.shape[0],), self.model.multimask_for(num_real + i + 1, init_cond))
+            multimask = bool(self.model.multimask_for(num_real + i + 1, init_cond))
             mask_in = jnp.clip(jax.lax.stop_gradient(prev.masks), -LOW_RES_CLAMP, LOW_RES_CLAMP)
-            prev = self._call(params, Sam2.sam_heads_train, pix, high_res, points, labels, mask_in, multimask)
+            prev = self._call(params, Sam2.sam_heads_train, pix, high_res, points, labels, mask_in,
+                              jnp.full((pix.shape[0],), multimask))
             steps.append(self._step_loss(params, prev, target, multimask, weight))
         return prev, steps
 
@@ -255,9 +263,9 @@ class Sam2Task:
             mem_valid, tpos, ptr_valid, offsets = self._memory_bank(t, is_cond, num_frames)
             pix = self._call(params, Sam2.condition, vis, vision_pos, mem_bank, tpos, mem_valid, ptr_bank, offsets,
                              ptr_valid, max_ptr_offset)
-            tracked_mm = jnp.full((n,), m.multimask_for(0))
+            tracked_mm = bool(m.multimask_for(0))
             tracked = self._call(params, Sam2.sam_heads_train, pix, hr, jnp.zeros((n, 1, 2), jnp.float32),
-                                 jnp.full((n, 1), -1, jnp.int32), None, tracked_mm)
+                                 jnp.full((n, 1), -1, jnp.int32), None, jnp.full((n,), tracked_mm))
             step0 = self._step_loss(params, tracked, target, tracked_mm, valid)
             corrected = prompted & (t == corr_frame) & corr_on
             if track_clicks:
