@@ -170,3 +170,20 @@ def test_resize_cubic_matches_torch_bicubic(sizes):
     xs = jnp.asarray(x.transpose(0, 2, 3, 1))
     ours = resize_cubic(resize_cubic(xs, m, axis=1), m, axis=2)
     np.testing.assert_allclose(np.asarray(ours).transpose(0, 3, 1, 2), theirs, atol=2e-6, rtol=1e-5)
+
+
+def test_max_pool_is_flax_max_pool_with_its_gradient():
+    """The reshaped-cell max (odd remainders dropped) against flax's reduce-window max pool, values and gradient."""
+    import flax.linen as nn
+
+    from vitsam.models.sam2.hiera import max_pool
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 3))
+    for stride in ((2, 2), (3, 2)):
+        def ref(x):
+            return nn.max_pool(x, stride, strides=stride, padding="VALID")
+
+        np.testing.assert_array_equal(max_pool(x, stride), ref(x))
+        grad = jax.grad(lambda x, f: jnp.sum(jnp.sin(f(x))), argnums=0)
+        np.testing.assert_array_equal(grad(x, lambda x: max_pool(x, stride)), grad(x, ref))
+    assert max_pool(x, None) is x

@@ -335,6 +335,34 @@ print(json.dumps(out))
     assert out.stderr.strip().splitlines()[-1].startswith("train.sam2: error: ") and "not a SAM 2" in out.stderr
 
 
+def test_step_loss_with_one_multimask_flag_is_the_per_row_loss():
+    """`_step_loss` given one Python bool scores only those candidates: the same terms as the per-row (N,) flags
+    that mask the other candidates out."""
+    from vitsam.models.sam2 import sam2_init, sam2_variant
+    from vitsam.models.sam2.sam2 import HeadOutput
+
+    model = sam2_variant("tiny", image_size=64)
+    # Zero variables of the right shapes: the loss upscales and scores, and reads no trained value.
+    shapes = jax.eval_shape(lambda key: sam2_init(model, key), jax.random.PRNGKey(0))
+    variables = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+    task = Sam2Task(recipe(), model, variables.get("constants", {}))
+    k = jax.random.split(jax.random.PRNGKey(1), 4)
+    n = 5
+    heads = HeadOutput(multi_masks=4 * jax.random.normal(k[0], (n, 4, 16, 16)),
+                       multi_iou=jax.random.uniform(k[1], (n, 4)), masks=None, obj_ptr=None,
+                       object_score=jax.random.normal(k[2], (n,)))
+    target = jax.random.uniform(k[3], (n, 64, 64)) < 0.4
+    target = target.at[0].set(False)  # an absent object: no mask terms
+    weight = jnp.arange(n) < 4
+    for flag in (False, True):
+        got = jax.jit(lambda p, h: task._step_loss(p, h, target, flag, weight))(variables["params"], heads)
+        want = jax.jit(lambda p, h: task._step_loss(p, h, target, jnp.full((n,), flag), weight))(
+            variables["params"], heads)
+        assert got.keys() == want.keys()
+        for key in got:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6, err_msg=f"{flag} {key}")
+
+
 def test_multimask_choice_follows_the_official_rule():
     """SAM2Base._use_multimask: multimask_output_in_sam and (is_init_cond_frame or multimask_output_for_tracking)
     and multimask_min_pt_num (0) <= points <= multimask_max_pt_num (1)."""
