@@ -8,14 +8,13 @@ step and unmaps it after: every 4 KiB page of it faults and is zeroed again, eve
 asks for huge pages on such blocks (madvise), and a 2 MiB page faults once where 512 small ones did.
 
 Measured 2026-12-06 on a 2-core AMD EPYC (x86 family 25 model 1, Zen 3, AVX2), jax 0.10.2, the SAM 2 recipe's
-gradient steps (configs/sam2_shapes_video.py; medians of 8 steps, each setting in its own process, alone):
-the still step 0.82 s → 0.73 s (page faults a step 39k → ~450), the tracking step of 4 clips × 8 frames
-3.29 s → 3.04 s (262k → ~700 faults, kernel time 0.87 s → 0.25 s a step). Keeping the block instead (one
-malloc arena, mmap off) ends the faults too but makes a step slower (4-frame clips: 1.61 s against 1.28 s):
-every thread then contends for one arena. The whole recipe (`python -m train.sam2 --workdir DIR`, the same VM,
-alone; the run before on 2026-12-06, the run with it 2026-12-07, not side by side): 35 min 48 s → 28 min 38 s,
-the same J&F to the last digit; minor page faults 84.0 M →
-2.6 M, kernel time 331 s → 131 s (`/usr/bin/time -v`).
+gradient steps (configs/sam2_shapes_video.py; medians of 8 steps, each setting in its own process, alone): the still
+step 0.82 s → 0.73 s (page faults a step 39k → ~450), the tracking step of 4 clips × 8 frames 3.29 s → 3.04 s (262k
+→ ~700 faults, kernel time 0.87 s → 0.25 s a step). Keeping the block instead (one malloc arena, mmap off) ends the
+faults too but makes a step slower (4-frame clips: 1.61 s against 1.28 s): every thread then contends for one arena.
+The whole recipe of then, 700 still steps (`python -m train.sam2 --workdir DIR`, the same VM, alone; the run before
+on 2026-12-06, the run with it 2026-12-07, not side by side): 35 min 48 s → 28 min 38 s, the same J&F to the last
+digit; minor page faults 84.0 M → 2.6 M, kernel time 331 s → 131 s (`/usr/bin/time -v`).
 
 `GLIBC_TUNABLES` is read when a process starts, hence the re-execution; it happens before the trainer imports
 JAX. A `GLIBC_TUNABLES` that names `glibc.malloc.hugetlb` is left as it is (`glibc.malloc.hugetlb=0` keeps
