@@ -14,11 +14,11 @@ Result:   J, F and J&F on the 100 test clips (12 frames, every object visible on
           first-frame mask and with one click on frame 0, after 2,000 steps (2026-12-07, the Zen 4 machine above): J&F
           0.775 (mask) and 0.387 (click), J 0.741 / 0.293, F 0.809 / 0.481. `--config.seed=1` gives 0.765 / 0.382 in
           16 min 45 s, `--config.seed=2` 0.847 / 0.343 in 16 min 15 s (each alone; mean of the three 0.796 / 0.371).
-          With 1,400 static steps (the recipe until 2026-12-07) the same seeds gave 0.798 / 0.790 / 0.783, and seed 0
-          0.744 in 16 min 8 s once a float-level change to the step (its logged loss at step 25 117.580 against
-          117.578) set it on another trajectory: that stage ends before the still clips are learnt at every seed, and
-          400 more still steps (~1.5 min) give the margin. The click figure stays low: the still clips are
-          mask-prompted, and 200 tracking steps at the tail of the schedule train few point-prompted tracks (400
+          With 1,400 static steps (the recipe before this one) the same seeds gave 0.798 / 0.790 / 0.783, and seed 0
+          0.744 in 16 min 8 s once a float-level change to the step (its logged loss at step 25: 117.580 against
+          117.578) set it on another trajectory: that stage ends before the still clips are learnt on every
+          trajectory, and 400 more still steps (~1.5 min) give the margin. The click figure stays low: the still clips
+          are mask-prompted, and 200 tracking steps at the tail of the schedule train few point-prompted tracks (400
           static then 500 tracking steps: 0.666 with the mask, 0.473 with a click). Copying the first-frame mask to
           every frame gives 0.258 (docs/experiments.md, "SAM 2 on video shapes", has the measurements and what was
           tried). On a 2-core Zen 3 (AVX2 only, 2026-12-07) the 700-step recipe gave 0.705 / 0.319 in 28 min 38 s;
