@@ -270,13 +270,16 @@ def test_global_attention_chunks_give_the_same_encoder_output_and_are_chosen_on_
     variables = make(0).init(jax.random.PRNGKey(1), x)
     variables = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(2), a.shape), variables)
     whole = make(0).apply(variables, x)
-    for rows in (1, 4, None):
+    for rows in (1, 4, 16, None):  # 16 rows: more than the grid's 8, so one chunk per head
         np.testing.assert_allclose(make(rows).apply(variables, x), whole, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="does not divide"):
         make(3).apply(variables, x)
-    assert default_query_rows(12, 4096, "cpu") == 1      # SAM's global attention at 1024 px: 805 MB of logits
-    assert default_query_rows(12, 4096, "gpu") == 0
-    assert default_query_rows(2, 256, "cpu") == 0        # the tiny SAM's 16x16 grid: 0.5 MB
+    # SAM's global attention at 1024 px: 805 MB of logits; 16 rows of one head: 16·64 × 4096 × 4 B = 16 MiB.
+    assert default_query_rows(12, (64, 64), "cpu") == 16
+    assert default_query_rows(12, (64, 64), "gpu") == 0
+    assert default_query_rows(12, (32, 32), "cpu") == 32  # 512 px: 48 MiB in all, one head's 4 MiB at once
+    assert default_query_rows(16, (48, 80), "cpu") == 12  # 12·80 × 3840 × 4 B ≈ 14 MiB (16 rows: 19 MiB)
+    assert default_query_rows(2, (16, 16), "cpu") == 0    # the tiny SAM's 16x16 grid: 0.5 MB
 
 
 @pytest.mark.parametrize("query_rows", [0, 1, 2])

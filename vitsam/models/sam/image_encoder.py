@@ -62,25 +62,33 @@ def window_unpartition(windows: jnp.ndarray, window: int, padded: tuple[int, int
     return x.reshape(-1, hp, wp, c)[:, :h, :w]
 
 
-# Above this many bytes of fp32 logits per image, RelPosAttention(query_rows=None) chunks the queries on CPU.
+# On CPU, RelPosAttention(query_rows=None) chunks a global attention whose fp32 logits per image pass this many
+# bytes, into chunks of one head's queries whose logits stay under it.
 CHUNK_LOGITS_BYTES = 16 * 2**20
 
 
-def default_query_rows(heads: int, tokens: int, backend: str) -> int:
-    """`RelPosAttention(query_rows=None)`'s choice: 1 on CPU when one image's fp32 logits (heads, T, T) pass
-    `CHUNK_LOGITS_BYTES`, else 0 (all at once; GPUs and TPUs have fused attention kernels for that)."""
-    return 1 if backend == "cpu" and heads * tokens**2 * 4 > CHUNK_LOGITS_BYTES else 0
+def default_query_rows(heads: int, grid: tuple[int, int], backend: str) -> int:
+    """`RelPosAttention(query_rows=None)`'s choice for a (h, w) grid: on CPU, when one image's fp32 logits
+    (heads, T, T) pass `CHUNK_LOGITS_BYTES`, the most grid rows (a divisor of h, at least 1) whose logits for
+    one head, (rows·w, T), stay within it; else 0 (all at once; GPUs and TPUs have fused attention kernels)."""
+    h, w = grid
+    tokens = h * w
+    if backend != "cpu" or heads * tokens**2 * 4 <= CHUNK_LOGITS_BYTES:
+        return 0
+    fits = [r for r in range(1, h + 1) if h % r == 0 and r * w * tokens * 4 <= CHUNK_LOGITS_BYTES]
+    return max(fits, default=1)
 
 
 class RelPosAttention(nn.Module):
     """Multi-head self-attention over a 2-D grid with decomposed relative positions: (B, h, w, D) -> same.
 
     `rel_size` is the grid side the tables are sized for: (2·rel_size − 1, head_dim) each; a grid of
-    another side resamples them linearly. `query_rows` > 0 attends for that many grid rows of queries at a
-    time and one image at a time (`jax.lax.map`), each chunk with its own slice of the relative term, so the
-    (B, heads, T, T) logits and bias never exist whole; the result is the same. None chooses: one row at a
-    time on CPU when one image's logits would pass `CHUNK_LOGITS_BYTES` (SAM's 4096-token global attention:
-    1.6x faster on a 2-core CPU, where the whole logits array spills every cache), else all at once.
+    another side resamples them linearly. `query_rows` > 0 attends one image and one head at a time, for that
+    many grid rows of queries at a time (`jax.lax.map`), each chunk with its own slice of the relative term, so
+    the (B, heads, T, T) logits and bias never exist whole; the result is the same. None chooses
+    (`default_query_rows`): on CPU, chunks of one head's logits within `CHUNK_LOGITS_BYTES` when one image's
+    logits would pass it (SAM's 4096-token global attention: 16 rows; a head's keys and values then stay in
+    the cache for all its chunks), else all at once.
     """
 
     num_heads: int
@@ -105,33 +113,45 @@ class RelPosAttention(nn.Module):
         r_h = relative_position_table(rel_pos_h, h).astype(q.dtype)  # (h, h, Dh)
         r_w = relative_position_table(rel_pos_w, w).astype(q.dtype)  # (w, w, Dh)
 
-        def attend(q_rows, r_h_rows, k, v):
-            """Queries of some grid rows (b, r, w, H, Dh) with their R_h rows (r, h, Dh) -> (b, r·w, H, Dh)."""
-            nb, rows = q_rows.shape[:2]
-            # The relative term uses the unscaled queries (as the official code does).
-            rel_h = jnp.einsum("byxnc,ykc->bnyxk", q_rows, r_h_rows, preferred_element_type=jnp.float32)
-            rel_w = jnp.einsum("byxnc,xkc->bnyxk", q_rows, r_w, preferred_element_type=jnp.float32)
-            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(nb, heads, rows * w, h * w)
-            return dot_product_attention(q_rows.reshape(nb, rows * w, heads, head_dim), k, v, bias=bias,
-                                         implementation=self.attention_impl)
-
+        # The relative term uses the unscaled queries (as the official code does).
         q_grid = q.reshape(b, h, w, heads, head_dim)
         rows = self.query_rows
         if rows is None:
-            rows = default_query_rows(heads, h * w, jax.default_backend())
-        if rows <= 0 or rows >= h:
-            out = attend(q_grid, r_h, k, v)
+            rows = default_query_rows(heads, (h, w), jax.default_backend())
+        if rows <= 0:
+            rel_h = jnp.einsum("byxnc,ykc->bnyxk", q_grid, r_h, preferred_element_type=jnp.float32)
+            rel_w = jnp.einsum("byxnc,xkc->bnyxk", q_grid, r_w, preferred_element_type=jnp.float32)
+            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, heads, h * w, h * w)
+            out = dot_product_attention(q, k, v, bias=bias, implementation=self.attention_impl)
         else:
+            rows = min(rows, h)
             if h % rows:
                 raise ValueError(f"query_rows {rows} does not divide the grid's {h} rows")
+            scale = 1.0 / jnp.sqrt(jnp.asarray(head_dim, jnp.float32))
+
+            def head_chunk(q_rows, r_h_rows, k_t, v_h):
+                """One head's attention for a chunk: queries (r, w, Dh) with their R_h rows (r, h, Dh), the head's
+                keys (Dh, T) and values (T, Dh) -> (r·w, Dh)."""
+                rel_h = jnp.einsum("yxc,ykc->yxk", q_rows, r_h_rows, preferred_element_type=jnp.float32)
+                rel_w = jnp.einsum("yxc,xkc->yxk", q_rows, r_w, preferred_element_type=jnp.float32)
+                bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(rows * w, h * w)
+                logits = jnp.matmul(q_rows.reshape(rows * w, head_dim), k_t, preferred_element_type=jnp.float32)
+                weights = jax.nn.softmax(logits * scale + bias, axis=-1).astype(v_h.dtype)
+                return weights @ v_h
+
+            # Head-major layouts made once out here: inside the loops XLA:CPU would transpose the keys and
+            # values again for every chunk.
+            q_heads = q_grid.transpose(0, 3, 1, 2, 4).reshape(b * heads, h // rows, rows, w, head_dim)
+            k_t = k.transpose(0, 2, 3, 1).reshape(b * heads, head_dim, h * w)
+            v_h = v.transpose(0, 2, 1, 3).reshape(b * heads, h * w, head_dim)
             r_h_chunks = r_h.reshape(h // rows, rows, h, head_dim)
 
-            def one_image(args):  # one image at a time too, so that a chunk's logits stay small for any batch
-                q1, k1, v1 = (a[None] for a in args)
-                chunks = q1.reshape(1, h // rows, rows, w, heads, head_dim).swapaxes(0, 1)
-                return jax.lax.map(lambda c: attend(c[0], c[1], k1, v1)[0], (chunks, r_h_chunks))
+            def one_head(args):
+                q1, k1, v1 = args
+                return jax.lax.map(lambda c: head_chunk(c[0], c[1], k1, v1), (q1, r_h_chunks))
 
-            out = jax.lax.map(one_image, (q_grid, k, v))  # (B, h / rows, rows·w, H, Dh)
+            out = jax.lax.map(one_head, (q_heads, k_t, v_h))  # (B·H, h / rows, rows·w, Dh)
+            out = out.reshape(b, heads, h * w, head_dim).transpose(0, 2, 1, 3)
         out = out.reshape(b, h, w, dim)
         return nn.Dense(dim, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
 
