@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vitsam.nn import MultiHeadAttention, dot_product_attention
+from vitsam.nn import CHUNK_LOGITS_BYTES, MultiHeadAttention, chunked_attention, dot_product_attention, query_chunk_size
 
 
 def softmax_rows(logits):
@@ -110,6 +110,35 @@ def test_cudnn_kernel_agrees():
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(reference, np.float32), atol=2e-2, rtol=2e-2)
     np.testing.assert_allclose(np.asarray(out, np.float32), naive_attention(q, k, v)[0], atol=3e-2, rtol=3e-2)
 
+
+@pytest.mark.parametrize("chunk", [1, 3, 6])
+def test_chunked_attention_matches_naive_with_a_per_chunk_bias(chunk):
+    q, k, v = _qkv(t=6, s=7)
+    bias = randn(6, 7, seed=5) * 3  # a bias per query row, shared by examples and heads
+    seen = []
+
+    def bias_fn(q_chunk, i):
+        seen.append(q_chunk.shape)
+        return jax.lax.dynamic_slice_in_dim(bias, i * chunk, chunk)
+
+    out = chunked_attention(q, k, v, chunk, bias_fn)
+    assert out.shape == q.shape and seen[0] == (chunk, 4)
+    np.testing.assert_allclose(np.asarray(out), naive_attention(q, k, v, bias=bias)[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(chunked_attention(q, k, v, chunk)), naive_attention(q, k, v)[0],
+                               atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="does not divide"):
+        chunked_attention(q, k, v, 4)
+
+
+def test_query_chunk_size():
+    budget = CHUNK_LOGITS_BYTES // 4  # fp32 logits
+    assert query_chunk_size(12, 4096, 4096, "cpu") == budget // 4096  # 805 MB in all; 1024 queries a head
+    assert query_chunk_size(12, 4096, 4096, "gpu") == 0
+    assert query_chunk_size(2, 256, 256, "cpu") == 0  # 0.5 MB: all at once
+    assert query_chunk_size(4, 1024, 4096, "cpu") == 1024  # 64 MiB in all, one head's 16 MiB at once
+    # The largest multiple of 64 dividing 4096 within budget / 3840 ≈ 1092 queries.
+    assert query_chunk_size(12, 4096, 3840, "cpu", step=64) == 1024
+    assert query_chunk_size(1, 8, 2 * budget, "cpu", step=2) == 2  # not even one step fits: one step
 
 def test_bad_arguments():
     q, k, v = _qkv()

@@ -187,3 +187,21 @@ def test_max_pool_is_flax_max_pool_with_its_gradient():
         grad = jax.grad(lambda x, f: jnp.sum(jnp.sin(f(x))), argnums=0)
         np.testing.assert_array_equal(grad(x, lambda x: max_pool(x, stride)), grad(x, ref))
     assert max_pool(x, None) is x
+
+
+@pytest.mark.parametrize("q_stride", [None, (2, 2)])
+def test_attention_in_query_chunks_is_attention_at_once(q_stride):
+    """`query_chunk` > 0 (one image and head at a time) gives the attention over all queries at once, pooled
+    queries included; its gradient too."""
+    from vitsam.models.sam2.hiera import MultiScaleAttention
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 6, 8))
+    whole = MultiScaleAttention(12, 3, q_stride, query_chunk=0)
+    variables = whole.init(jax.random.PRNGKey(1), x)
+    queries = 24 if q_stride is None else 6
+    for chunk in (1, 3, queries):
+        chunked = MultiScaleAttention(12, 3, q_stride, query_chunk=chunk)
+        np.testing.assert_allclose(chunked.apply(variables, x), whole.apply(variables, x), atol=1e-5, rtol=1e-5)
+    loss = lambda m: lambda v: jnp.sum(jnp.sin(m.apply(v, x)))  # noqa: E731
+    grads = [jax.grad(loss(m))(variables) for m in (whole, MultiScaleAttention(12, 3, q_stride, query_chunk=3))]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), *grads)

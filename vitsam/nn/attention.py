@@ -77,6 +77,66 @@ def dot_product_attention(
     return (out, weights) if return_weights else out
 
 
+# On CPU, attention whose fp32 logits per example pass this many bytes runs in chunks (`chunked_attention`) of
+# one head's queries whose logits stay within it.
+CHUNK_LOGITS_BYTES = 16 * 2**20
+
+
+def query_chunk_size(heads: int, queries: int, keys: int, backend: str, step: int = 1) -> int:
+    """The chunk `chunked_attention` is given by default: 0 (attend all at once) off CPU or when one example's
+    fp32 logits (heads, queries, keys) fit `CHUNK_LOGITS_BYTES`; else the most queries, a multiple of `step`
+    that divides `queries`, whose logits for one head, (chunk, keys), stay within it (at least `step`)."""
+    if backend != "cpu" or heads * queries * keys * 4 <= CHUNK_LOGITS_BYTES:
+        return 0
+    fits = [c for c in range(step, queries + 1, step) if queries % c == 0 and c * keys * 4 <= CHUNK_LOGITS_BYTES]
+    return max(fits, default=step)
+
+
+def chunked_attention(
+    query: jnp.ndarray,
+    key: jnp.ndarray,
+    value: jnp.ndarray,
+    chunk: int,
+    bias_fn: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray] | None = None,
+) -> jnp.ndarray:
+    """`dot_product_attention` (einsum) for one example and one head at a time, `chunk` queries at a time
+    (`jax.lax.map`), so that the (B, H, T, S) logits never exist whole: on CPU, where those spill every cache,
+    a head's keys and values stay in the cache for all its chunks.
+
+    Args:
+      query: (B, T, H, Dh), T a multiple of `chunk`; key, value: (B, S, H, Dh).
+      chunk: queries per step, 0 < chunk <= T.
+      bias_fn: optional additive term of one chunk, `bias_fn(q, i)` -> (chunk, S) from the chunk's queries
+        (chunk, Dh) and its index i (a traced integer; its queries are i·chunk ... (i + 1)·chunk − 1).
+
+    Returns:
+      (B, T, H, Dh).
+    """
+    b, t, heads, head_dim = query.shape
+    s = key.shape[1]
+    if not 0 < chunk <= t or t % chunk:
+        raise ValueError(f"query chunk {chunk} does not divide the {t} queries")
+    scale = 1.0 / jnp.sqrt(jnp.asarray(head_dim, jnp.float32))
+    # Head-major layouts made once out here: inside the loops XLA:CPU would transpose the keys and values
+    # again for every chunk.
+    q_heads = query.transpose(0, 2, 1, 3).reshape(b * heads, t // chunk, chunk, head_dim)
+    k_t = key.transpose(0, 2, 3, 1).reshape(b * heads, head_dim, s)
+    v_h = value.transpose(0, 2, 1, 3).reshape(b * heads, s, value.shape[-1])
+
+    def one_chunk(q, i, k_t, v_h):
+        logits = jnp.matmul(q, k_t, preferred_element_type=jnp.float32) * scale
+        if bias_fn is not None:
+            logits = logits + bias_fn(q, i).astype(jnp.float32)
+        return jax.nn.softmax(logits, axis=-1).astype(v_h.dtype) @ v_h
+
+    def one_head(args):
+        q, k_t, v_h = args
+        return jax.lax.map(lambda c: one_chunk(c[0], c[1], k_t, v_h), (q, jnp.arange(t // chunk)))
+
+    out = jax.lax.map(one_head, (q_heads, k_t, v_h))  # (B·H, T / chunk, chunk, Dv)
+    return out.reshape(b, heads, t, -1).transpose(0, 2, 1, 3)
+
+
 class MultiHeadAttention(nn.Module):
     """k-head attention with Q/K/V projections and an output projection back to D.
 

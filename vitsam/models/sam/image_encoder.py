@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from vitsam.models.sam.interpolate import resize_linear
-from vitsam.nn import Mlp, PatchEmbedding, dot_product_attention
+from vitsam.nn import Mlp, PatchEmbedding, chunked_attention, dot_product_attention, query_chunk_size
 from vitsam.nn.encoder import residual_branch
 
 
@@ -62,33 +62,23 @@ def window_unpartition(windows: jnp.ndarray, window: int, padded: tuple[int, int
     return x.reshape(-1, hp, wp, c)[:, :h, :w]
 
 
-# On CPU, RelPosAttention(query_rows=None) chunks a global attention whose fp32 logits per image pass this many
-# bytes, into chunks of one head's queries whose logits stay under it.
-CHUNK_LOGITS_BYTES = 16 * 2**20
-
-
 def default_query_rows(heads: int, grid: tuple[int, int], backend: str) -> int:
-    """`RelPosAttention(query_rows=None)`'s choice for a (h, w) grid: on CPU, when one image's fp32 logits
-    (heads, T, T) pass `CHUNK_LOGITS_BYTES`, the most grid rows (a divisor of h, at least 1) whose logits for
-    one head, (rows·w, T), stay within it; else 0 (all at once; GPUs and TPUs have fused attention kernels)."""
+    """`RelPosAttention(query_rows=None)`'s choice for a (h, w) grid: `query_chunk_size` in whole grid rows
+    (on CPU, when one image's fp32 logits pass `CHUNK_LOGITS_BYTES`, the most rows whose logits for one head
+    stay within it; else 0, all at once: GPUs and TPUs have fused attention kernels for that)."""
     h, w = grid
-    tokens = h * w
-    if backend != "cpu" or heads * tokens**2 * 4 <= CHUNK_LOGITS_BYTES:
-        return 0
-    fits = [r for r in range(1, h + 1) if h % r == 0 and r * w * tokens * 4 <= CHUNK_LOGITS_BYTES]
-    return max(fits, default=1)
+    return query_chunk_size(heads, h * w, h * w, backend, step=w) // w
 
 
 class RelPosAttention(nn.Module):
     """Multi-head self-attention over a 2-D grid with decomposed relative positions: (B, h, w, D) -> same.
 
     `rel_size` is the grid side the tables are sized for: (2·rel_size − 1, head_dim) each; a grid of
-    another side resamples them linearly. `query_rows` > 0 attends one image and one head at a time, for that
-    many grid rows of queries at a time (`jax.lax.map`), each chunk with its own slice of the relative term, so
-    the (B, heads, T, T) logits and bias never exist whole; the result is the same. None chooses
-    (`default_query_rows`): on CPU, chunks of one head's logits within `CHUNK_LOGITS_BYTES` when one image's
-    logits would pass it (SAM's 4096-token global attention: 16 rows; a head's keys and values then stay in
-    the cache for all its chunks), else all at once.
+    another side resamples them linearly. `query_rows` > 0 attends one image and one head at a time, that many
+    grid rows of queries at a time (`chunked_attention`), each chunk with its own slice of the relative term,
+    so the (B, heads, T, T) logits and bias never exist whole; the result is the same. None chooses
+    (`default_query_rows`): on CPU, when one image's logits pass `CHUNK_LOGITS_BYTES`, the most rows whose
+    logits for one head stay within it (SAM's 4096-token global attention: 16 rows), else all at once.
     """
 
     num_heads: int
@@ -127,31 +117,16 @@ class RelPosAttention(nn.Module):
             rows = min(rows, h)
             if h % rows:
                 raise ValueError(f"query_rows {rows} does not divide the grid's {h} rows")
-            scale = 1.0 / jnp.sqrt(jnp.asarray(head_dim, jnp.float32))
 
-            def head_chunk(q_rows, r_h_rows, k_t, v_h):
-                """One head's attention for a chunk: queries (r, w, Dh) with their R_h rows (r, h, Dh), the head's
-                keys (Dh, T) and values (T, Dh) -> (r·w, Dh)."""
+            def chunk_bias(q_chunk, i):
+                """The relative term of queries (rows·w, Dh) in grid rows i·rows ... -> (rows·w, T)."""
+                q_rows = q_chunk.reshape(rows, w, head_dim)
+                r_h_rows = jax.lax.dynamic_slice_in_dim(r_h, i * rows, rows)
                 rel_h = jnp.einsum("yxc,ykc->yxk", q_rows, r_h_rows, preferred_element_type=jnp.float32)
                 rel_w = jnp.einsum("yxc,xkc->yxk", q_rows, r_w, preferred_element_type=jnp.float32)
-                bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(rows * w, h * w)
-                logits = jnp.matmul(q_rows.reshape(rows * w, head_dim), k_t, preferred_element_type=jnp.float32)
-                weights = jax.nn.softmax(logits * scale + bias, axis=-1).astype(v_h.dtype)
-                return weights @ v_h
+                return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(rows * w, h * w)
 
-            # Head-major layouts made once out here: inside the loops XLA:CPU would transpose the keys and
-            # values again for every chunk.
-            q_heads = q_grid.transpose(0, 3, 1, 2, 4).reshape(b * heads, h // rows, rows, w, head_dim)
-            k_t = k.transpose(0, 2, 3, 1).reshape(b * heads, head_dim, h * w)
-            v_h = v.transpose(0, 2, 1, 3).reshape(b * heads, h * w, head_dim)
-            r_h_chunks = r_h.reshape(h // rows, rows, h, head_dim)
-
-            def one_head(args):
-                q1, k1, v1 = args
-                return jax.lax.map(lambda c: head_chunk(c[0], c[1], k1, v1), (q1, r_h_chunks))
-
-            out = jax.lax.map(one_head, (q_heads, k_t, v_h))  # (B·H, h / rows, rows·w, Dh)
-            out = out.reshape(b, heads, h * w, head_dim).transpose(0, 2, 1, 3)
+            out = chunked_attention(q, k, v, rows * w, chunk_bias)
         out = out.reshape(b, h, w, dim)
         return nn.Dense(dim, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
 

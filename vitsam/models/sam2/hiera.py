@@ -18,11 +18,12 @@ from __future__ import annotations
 from typing import NamedTuple, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vitsam.models.sam.image_encoder import window_partition, window_unpartition
 from vitsam.models.sam.interpolate import resize_cubic
-from vitsam.nn import Mlp, dot_product_attention
+from vitsam.nn import Mlp, chunked_attention, dot_product_attention, query_chunk_size
 from vitsam.nn.encoder import residual_branch
 
 
@@ -40,12 +41,18 @@ def max_pool(x: jnp.ndarray, stride: Sequence[int] | None) -> jnp.ndarray:
 
 
 class MultiScaleAttention(nn.Module):
-    """Self-attention over a grid, queries optionally pooled: (B, H, W, D) -> (B, H/s, W/s, dim_out)."""
+    """Self-attention over a grid, queries optionally pooled: (B, H, W, D) -> (B, H/s, W/s, dim_out).
+
+    `query_chunk` > 0 attends that many queries at a time, one image and one head at a time
+    (`chunked_attention`; the same result); None chooses (`query_chunk_size`: on CPU for the global blocks at
+    1024 px, whose logits would spill every cache), 0 attends all at once.
+    """
 
     dim_out: int
     num_heads: int
     q_stride: Sequence[int] | None = None
     attention_impl: str = "einsum"
+    query_chunk: int | None = None
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
 
@@ -60,7 +67,14 @@ class MultiScaleAttention(nn.Module):
             q = max_pool(q.reshape(b, h, w, self.dim_out), self.q_stride)
             h, w = q.shape[1:3]
             q = q.reshape(b, h * w, heads, head_dim)
-        out = dot_product_attention(q, k, v, implementation=self.attention_impl).reshape(b, h, w, self.dim_out)
+        chunk = self.query_chunk
+        if chunk is None:
+            chunk = query_chunk_size(heads, h * w, k.shape[1], jax.default_backend())
+        if chunk > 0:
+            out = chunked_attention(q, k, v, min(chunk, h * w))
+        else:
+            out = dot_product_attention(q, k, v, implementation=self.attention_impl)
+        out = out.reshape(b, h, w, self.dim_out)
         return nn.Dense(self.dim_out, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
 
 
