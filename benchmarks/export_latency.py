@@ -25,7 +25,7 @@ default (all cores).
 What the cases differ in: our decoders return all 4 masks at the original size (bool), segment-anything's
 export with `return_single_mask` one (float logits), `SamPredictor.predict` the 3 multimask ones. The ONNX encoder
 attends over the whole grid at once (`attention_query_rows=0`); the CPU-only StableHLO encoder, like
-`SamPredictor` on a CPU, one grid row of queries at a time.
+`SamPredictor` on a CPU, one head and a chunk of grid rows of queries at a time.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vitsam.nn import CHUNK_LOGITS_BYTES, MultiHeadAttention, chunked_attention, dot_product_attention, query_chunk_size
+from vitsam.nn import (CHUNK_LOGITS_BYTES, MultiHeadAttention, chunked_attention, dot_product_attention,
+                       query_chunk_size)
 
 
 def softmax_rows(logits):

@@ -41,8 +41,9 @@ class Sam(nn.Module):
     """Segment Anything. Fields are the official hyper-parameters (defaults: vit_b at 1024 px).
 
     `text=True` adds the (non-official) text prompt encoder; its parameters live under `text_encoder`.
-    `attention_query_rows`: the image encoder's global attention in chunks of this many grid rows of queries
-    (0: all at once; None: one row on CPU for big grids, where it is faster, else all at once).
+    `attention_query_rows`: the image encoder's global attention one image and head at a time, in chunks of
+    this many grid rows of queries (0: all at once; None: on CPU for big grids, where it is faster, the most
+    rows whose logits for one head fit 16 MiB (16 at 1024 px), else all at once).
     """
 
     image_size: int = 1024
