@@ -112,7 +112,10 @@ class RelPosAttention(nn.Module):
             rel_h = jnp.einsum("byxnc,ykc->bnyxk", q_grid, r_h, preferred_element_type=jnp.float32)
             rel_w = jnp.einsum("byxnc,xkc->bnyxk", q_grid, r_w, preferred_element_type=jnp.float32)
             bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, heads, h * w, h * w)
-            out = dot_product_attention(q, k, v, bias=bias, implementation=self.attention_impl)
+            # Reshaped from q_grid (the same values as q): so written, XLA compiles SAM's training step as
+            # before and the recipes' runs repeat bit for bit.
+            out = dot_product_attention(q_grid.reshape(b, h * w, heads, head_dim), k, v, bias=bias,
+                                        implementation=self.attention_impl)
         else:
             rows = min(rows, h)
             if h % rows:
