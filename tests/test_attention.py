@@ -141,6 +141,7 @@ def test_query_chunk_size():
     assert query_chunk_size(12, 4096, 3840, "cpu", step=64) == 1024
     assert query_chunk_size(1, 8, 2 * budget, "cpu", step=2) == 2  # not even one step fits: one step
 
+
 def test_bad_arguments():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="flash"):
