@@ -230,4 +230,6 @@ def test_same_masks_as_segment_anything(sams, name):
                 check_consistent(b)
     print(f"{name}: masks per image {counts}, unmatched (threshold flips) {flips}, min IoU {worst_iou:.4f}, "
           f"max score difference {worst_score:.1e}")
-    assert np.mean(counts) >= 10  # dozens of masks, not one
+    # Not a vacuous comparison: dozens of masks over the images, several on each. (How many pass the thresholds
+    # rides on the trained tiny model's details: with crops, 8 to 14 an image.)
+    assert sum(counts) >= 20 and min(counts) >= 3, counts
