@@ -14,8 +14,9 @@ Result:   J, F and J&F on the 100 test clips (12 frames, every object visible on
           first-frame mask and with one click on frame 0, after 2,000 steps (2026-12-07, the Zen 4 machine above): J&F
           0.775 (mask) and 0.387 (click), J 0.741 / 0.293, F 0.809 / 0.481 (a rerun: the same to the last digit, in
           18 min 42 s). `--config.seed=1` gives 0.765 / 0.382 in 16 min 45 s, `=2` 0.847 / 0.343 in 16 min 15 s, `=3`
-          0.759 / 0.281 in 19 min 53 s, `=4` 0.803 / 0.324 in 17 min 21 s (each alone; mean of the five 0.790 /
-          0.343): the lowest seed is 0.009 above 0.75, the slowest run 7 s under 20 minutes.
+          0.759 / 0.281 in 19 min 53 s, `=4` 0.803 / 0.324 in 17 min 21 s, `=5` 0.759 / 0.341 in 16 min 56 s (each
+          alone; mean of the six 0.785 / 0.343): the lowest seeds are 0.009 above 0.75, the slowest run 7 s under
+          20 minutes.
           With 1,400 static steps (the recipe before this one) the same seeds gave 0.798 / 0.790 / 0.783, and seed 0
           0.744 in 16 min 8 s once a float-level change to the step (its logged loss at step 25: 117.580 against
           117.578) set it on another trajectory: that stage ends before the still clips are learnt on every
