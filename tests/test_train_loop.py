@@ -403,6 +403,71 @@ def test_a_later_phase_compiled_ahead_trains_as_the_jitted_step_does(tmp_path):
     assert [r["loss"] for r in read(tmp_path)] == losses
 
 
+def test_the_eval_program_compiled_ahead_gives_the_jitted_steps_figures():
+    """`loop.compile_eval_ahead` compiles the eval program in a background thread; `evaluate` runs it on batches
+    of the shapes it was compiled for (here every batch: the jitted step is never called) with the figures of the
+    jitted step to the bit, and runs the jitted step on a batch of other shapes."""
+    import dataclasses
+
+    from train.setup import setup
+
+    task, cfg = fx.task(), fx.config()
+    s = setup(cfg, task)
+    state = jax.jit(s.init, out_shardings=s.shardings)(jax.random.PRNGKey(0))
+    eval_step = jax.jit(loop.make_eval_step(task))
+    ahead = loop.compile_eval_ahead(eval_step, s.abstract.params, None, task, s.local_batch, s.mesh).result()
+    jitted = loop.evaluate(eval_step, state.params, task, s.local_batch, s.mesh)
+    assert jitted["examples"] == 2 * (s.local_batch - 3)
+
+    def not_called(*args):
+        raise AssertionError("the jitted eval step ran")
+
+    assert loop.evaluate(not_called, state.params, task, s.local_batch, s.mesh, ahead=ahead) == jitted
+
+    def short_last_batch(b):  # the second batch holds 8 rows
+        first, second = task.eval_iterator(b)
+        yield first
+        yield jax.tree.map(lambda x: x[:8], second)
+
+    calls = []
+    shorter = dataclasses.replace(task, eval_iterator=short_last_batch)
+    got = loop.evaluate(lambda *a: calls.append(1) or eval_step(*a), state.params, shorter, s.local_batch, s.mesh,
+                        ahead=ahead)
+    assert calls == [1] and got == loop.evaluate(eval_step, state.params, shorter, s.local_batch, s.mesh)
+
+
+_EXIT_DURING_COMPILE = """
+import sys, threading, time
+import jax, jax.numpy as jnp
+from train import launch, loop
+
+def chain(x):  # thousands of ops: seconds of XLA compile
+    for i in range(600):
+        x = jnp.sin(x @ x.T + i)
+    return x
+
+lowered = jax.jit(chain).lower(jax.ShapeDtypeStruct((32, 32), jnp.float32))
+threading.Thread(target=lowered.compile, name=loop.BACKGROUND_COMPILES[1], daemon=True).start()
+time.sleep(0.5)
+assert loop.compiling_in_background()
+with launch.exit_beside_background_compiles(), launch.errors_in_one_line("prog"):
+    print("stopping", flush=False)
+    if sys.argv[1] == "error":
+        raise ValueError("a bad value")
+"""
+
+
+@pytest.mark.parametrize("how, status, stderr", [("stop", 0, ""), ("error", 1, "prog: error: a bad value")])
+def test_a_program_that_ends_while_a_background_compile_runs_exits_as_it_would_have(how, status, stderr):
+    """Python's shutdown aborts a process while a daemon thread is inside XLA's compile (SIGABRT); a trainer that
+    stops early (a signal, an error) with a `loop.compile_ahead` or `loop.compile_eval_ahead` thread still
+    compiling ends through `launch.exit_beside_background_compiles` with its own status, message and output."""
+    out = subprocess.run([sys.executable, "-c", _EXIT_DURING_COMPILE, how], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    assert out.returncode == status, out.stderr[-2000:]
+    assert out.stdout == "stopping\n" and out.stderr.strip().endswith(stderr) and "FATAL" not in out.stderr
+
+
 @pytest.mark.parametrize("phase_batch, message", [
     ({"a": 0}, "the batch of phase 'a' must be at least 1, got 0"),
     ({"a": 3}, "grad_accum_steps=2 must divide the per-device batch of phase 'a', 3"),

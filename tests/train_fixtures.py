@@ -84,5 +84,5 @@ if __name__ == "__main__":
     workdir, total = sys.argv[1], int(sys.argv[2])
     accum = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     nan_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
-    with launch.errors_in_one_line("train_fixtures"):
+    with launch.exit_beside_background_compiles(), launch.errors_in_one_line("train_fixtures"):
         loop.run(config(total, accum), workdir, task(dropout=0.1, nan_at=nan_at))

@@ -90,6 +90,42 @@ def errors_in_one_line(program: str):
         raise SystemExit(f"{program}: error: {_one_line(e)}") from None
 
 
+@contextlib.contextmanager
+def exit_beside_background_compiles():
+    """Ends the process at once, with the exit status and message it would have had, where it would otherwise exit
+    while a background compile of the loop runs (`loop.compiling_in_background`: a run stopped by a signal or an
+    error before it needed that program). Python's shutdown would abort it there (SIGABRT, "FATAL: exception not
+    rethrown", and stdout's last lines lost) as a daemon thread leaves XLA's compile; the checkpoints and
+    metrics are already written when the loop returns or raises."""
+    import os
+    import sys
+    import traceback
+
+    from train import loop
+
+    def exit_now(code) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    try:
+        yield
+    except SystemExit as e:
+        if not loop.compiling_in_background():
+            raise
+        if e.code is None or isinstance(e.code, int):
+            exit_now(e.code or 0)
+        sys.stderr.write(f"{e.code}\n")
+        exit_now(1)
+    except BaseException as e:
+        if not loop.compiling_in_background():
+            raise
+        traceback.print_exception(e)
+        exit_now(130 if isinstance(e, KeyboardInterrupt) else 1)
+    if loop.compiling_in_background():
+        exit_now(0)
+
+
 def command_main(program: str, train: Callable, plan_task: Callable, config_flag, workdir_flag,
                  model_fields: Callable | None = None) -> Callable:
     """The absl `main` of a trainer.
@@ -109,7 +145,7 @@ def command_main(program: str, train: Callable, plan_task: Callable, config_flag
         if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console for the bar
             logging.set_verbosity(logging.WARNING)
         cfg, workdir = config_flag.value, workdir_flag.value
-        with errors_in_one_line(program):
+        with exit_beside_background_compiles(), errors_in_one_line(program):
             if COMPILE_FOR.value:
                 plan.prepare_platform(COMPILE_FOR.value)
                 fields = model_fields(cfg) if model_fields else None
@@ -119,7 +155,7 @@ def command_main(program: str, train: Callable, plan_task: Callable, config_flag
                                             timeout_s=max(TIMEOUT.value, 300), heartbeat_timeout_s=TIMEOUT.value)
             result = train(cfg, workdir)
             parallel.leave_distributed()
-        if result and jax.process_index() == 0:
-            print("final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+            if result and jax.process_index() == 0:
+                print("final eval: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
 
     return main
