@@ -123,6 +123,15 @@ def upcoming_phases(task: Task, step: int, total: int) -> list:
     return seen[1:]
 
 
+BACKGROUND_COMPILES = ("compile-ahead", "compile-eval-ahead")   # the names of their threads
+
+
+def compiling_in_background() -> bool:
+    """Whether a thread of `compile_ahead` or `compile_eval_ahead` is still compiling: a run that stopped before
+    it needed their programs (a signal, an error, a NaN) leaves them running, and XLA cannot stop them."""
+    return any(t.is_alive() and t.name in BACKGROUND_COMPILES for t in threading.enumerate())
+
+
 def compile_ahead(train_step, abstract_state, batch: dict, phases: list, global_batch: Callable) -> dict:
     """{phase: Future of its compiled step program}, compiled one after the other in a background thread while
     the steps before them run: a curriculum's later step programs (`train.sam2`'s tracking steps: minutes of
@@ -148,18 +157,10 @@ def compile_ahead(train_step, abstract_state, batch: dict, phases: list, global_
 
     if not phases:
         return futures
-    # A daemon thread: a run that stops early (a signal, an error) does not wait for a compile it will not use.
+    # A daemon thread: a run that stops early (a signal, an error) does not wait for a compile it will not use
+    # (the trainers then exit through `launch.exit_beside_background_compiles`).
     threading.Thread(target=work, name=BACKGROUND_COMPILES[0], daemon=True).start()
     return futures
-
-
-BACKGROUND_COMPILES = ("compile-ahead", "compile-eval-ahead")   # the names of their threads
-
-
-def compiling_in_background() -> bool:
-    """Whether a thread of `compile_ahead` or `compile_eval_ahead` is still compiling: a run that stopped before
-    it needed their programs (a signal, an error, a NaN) leaves them running, and XLA cannot stop them."""
-    return any(t.is_alive() and t.name in BACKGROUND_COMPILES for t in threading.enumerate())
 
 
 def compile_eval_ahead(eval_step, abstract_params, abstract_constants, task: Task, local_batch: int,
